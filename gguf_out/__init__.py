@@ -1,0 +1,1 @@
+"""Turn MindSpore checkpoints into GGUF: maps, transforms, vocabulary, quantization, writing, the CLI."""

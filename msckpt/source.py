@@ -1,0 +1,45 @@
+"""The bytes of an open checkpoint: a read-only memory map plus the file descriptor behind it."""
+
+import mmap
+import os
+
+
+class Source:
+    """A file opened for reading through a memory map.
+
+    ``fileno()`` lets writers copy byte ranges in the kernel (``os.copy_file_range``) instead of
+    pulling them through Python; ``view()`` gives zero-copy memoryviews for numpy.
+    """
+
+    def __init__(self, path, fileobj=None):
+        self.path = str(path)
+        self._file = fileobj if fileobj is not None else open(path, "rb")
+        self.size = os.fstat(self._file.fileno()).st_size
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
+
+    def fileno(self):
+        return self._file.fileno()
+
+    def view(self, offset, length):
+        return memoryview(self._map)[offset:offset + length]
+
+    def __getitem__(self, index):
+        return self._map[index]
+
+    def advise_sequential(self, offset, length):
+        """Hint that a range is about to be read once (helps readahead on big files)."""
+        if self.size and hasattr(self._map, "madvise"):
+            page = mmap.PAGESIZE
+            start = offset - offset % page
+            try:
+                self._map.madvise(mmap.MADV_SEQUENTIAL, start, offset + length - start)
+            except (OSError, ValueError):
+                pass
+
+    def close(self):
+        if isinstance(self._map, mmap.mmap):
+            try:
+                self._map.close()
+            except BufferError:
+                pass    # numpy views still alive; the map goes when they do
+        self._file.close()

@@ -1,0 +1,89 @@
+"""A tensor entry of a checkpoint: where its bytes are, and numpy access to them."""
+
+from dataclasses import dataclass, field
+from math import prod
+
+import numpy as np
+
+
+@dataclass
+class Tensor:
+    """One named entry: a tensor whose bytes may be spread over several records ("pieces").
+
+    ``pieces`` are (offset, length) byte ranges in ``source`` (the open checkpoint's data file), in
+    order; their concatenation is the C-order little-endian element bytes. Nothing is read until asked.
+    """
+    name: str
+    dtype: object                 # msckpt.dtypes.DType, or None for a MapTensor
+    shape: tuple
+    pieces: list
+    records: int
+    source: object = field(repr=False, default=None)
+    kind: str = "tensor"          # "tensor", "str" or "maptensor"
+    offset: int = 0               # byte offset of the first record (for messages)
+    parts: list = field(default_factory=list, repr=False)   # maptensor: [(dtype name, dims)] per part
+
+    @property
+    def nbytes(self):
+        return sum(length for _, length in self.pieces)
+
+    @property
+    def n_elements(self):
+        return prod(self.shape)
+
+    def byte_ranges(self):
+        """Non-empty (offset, length) ranges, for copying straight from the file."""
+        return [(off, n) for off, n in self.pieces if n]
+
+    def raw(self):
+        """The element bytes: a zero-copy memoryview when stored in one piece."""
+        self._check_readable()
+        ranges = self.byte_ranges()
+        if len(ranges) == 1:
+            off, n = ranges[0]
+            return self.source.view(off, n)
+        return b"".join(bytes(self.source.view(off, n)) for off, n in ranges)
+
+    def array(self):
+        """The tensor as a numpy array (read-only zero-copy view for single-piece tensors).
+
+        BFloat16 comes back as its raw uint16 bits; Int4/Float8/HiFloat8 as raw uint8 bytes.
+        """
+        if self.kind == "str":
+            raise TypeError(f"{self.name} is a string entry; use .string()")
+        self._check_readable()
+        dtype = self.dtype.np_dtype
+        ranges = self.byte_ranges()
+        if len(ranges) <= 1:
+            if not ranges:
+                return np.zeros(self.shape, dtype)
+            off, n = ranges[0]
+            return np.frombuffer(self.source.view(off, n), dtype=dtype).reshape(self.shape)
+        out = np.empty(self.shape, dtype)
+        flat = out.reshape(-1).view(np.uint8)
+        pos = 0
+        for off, n in ranges:
+            flat[pos:pos + n] = np.frombuffer(self.source.view(off, n), dtype=np.uint8)
+            pos += n
+        return out
+
+    def string(self):
+        """A ``str`` entry's text (stored as UTF-32LE, NUL-padded)."""
+        if self.kind != "str":
+            raise TypeError(f"{self.name} is not a string entry")
+        return bytes(self.raw()).decode("utf-32-le", errors="replace").rstrip("\x00")
+
+    def value(self):
+        """A Python value for strings and one-element tensors (training scalars)."""
+        if self.kind == "str":
+            return self.string()
+        if self.n_elements != 1 or self.dtype.kind == "raw":
+            raise TypeError(f"{self.name} is not a scalar")
+        value = self.array().reshape(())
+        if self.dtype.name == "BFloat16":
+            return float((value.astype(np.uint32) << 16).view(np.float32))
+        return value.item()
+
+    def _check_readable(self):
+        if self.kind == "maptensor":
+            raise TypeError(f"{self.name} is a MapTensor (a MapParameter table), which ms2gguf does not read")

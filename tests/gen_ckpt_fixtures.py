@@ -8,8 +8,13 @@ under ``tests/fixtures/ckpt/``. Run it from the repository root with the MindSpo
 
 It (re)writes every ``*.ckpt`` / ``*.safetensors`` file in ``tests/fixtures/ckpt/`` plus
 ``tests/fixtures/ckpt/expected.json``. Output is deterministic (fixed values, seeds and keys) except
-for the bytes of the encrypted files: MindSpore draws a fresh random IV per block, so their ciphertext
-changes on every run while their plaintext (and everything in expected.json) stays the same.
+for the bytes of
+  * the encrypted files: MindSpore draws a fresh random IV per block, so their ciphertext changes on
+    every run while their plaintext stays the same;
+  * safetensors files whose ``__metadata__`` has more than one key (``direct*.safetensors``,
+    ``conv_src.safetensors``): the safetensors library writes metadata keys in random (Rust HashMap)
+    order, so the header bytes are permuted between runs (same length, same content).
+expected.json itself is byte-identical between runs.
 (``tests/fixtures/dist/`` is a verbatim copy of the hand-built distributed sample and is not produced
 here.)
 
@@ -329,10 +334,12 @@ def record_ckpt(fname, written, load_kw=None, enc=None):
             plain_trailer, crc = strip_crc(trailer)
             assert plain_trailer == b"", "unexpected bytes after the encrypted blocks"
             info["crc"] = {"present": True, "value": crc}
-            tmp = Path(tempfile.mkdtemp()) / "stripped.ckpt"
-            tmp.write_bytes(data[:-17])
-            src = tmp
+            tmpdir = tempfile.mkdtemp()
+            src = Path(tmpdir) / "stripped.ckpt"
+            src.write_bytes(data[:-17])
         plain = _decrypt(str(src), key, len(key), mode)
+        if src != path:
+            shutil.rmtree(src.parent, ignore_errors=True)
         assert plain, f"{fname}: MindSpore could not decrypt"
         plain = bytes(plain)
         info["format"] = "encrypted"
@@ -362,7 +369,8 @@ def record_safetensors(fname, written):
     header = json.loads(data[8:8 + hlen])
     body = data[8 + hlen:]
     meta = header.pop("__metadata__", None)
-    info = {"format": "safetensors", "encryption": None, "crc": None, "metadata": meta}
+    info = {"format": "safetensors", "encryption": None, "crc": None,
+            "metadata": dict(sorted(meta.items())) if meta else meta}
     names = sorted(header)
     assert set(names) == set(written), (names, list(written))
     if meta and "crc_num" in meta:
@@ -553,7 +561,7 @@ def train_fixtures():
 
 
 def sliced_fixtures():
-    a = np.arange(1200, dtype=np.float32).reshape(3, 400)          # 4800 B: sliced
+    a = np.arange(800, dtype=np.float32).reshape(2, 400)           # 3200 B: sliced
     u = np.array([[7, -8], [9, 10]], np.int32)                       # 16 B: never sliced
     h32 = (np.arange(1250, dtype=np.float32) * 0.25 - 100).reshape(5, 250)
     h = t(h32).astype(mstype.bfloat16)                               # 2500 B bf16: sliced
@@ -575,11 +583,16 @@ def sliced_fixtures():
     # Sanity: slicing really happened the documented way.
     tp = {e["name"]: e["records"] for e in EXPECTED["sliced_tensor_path.ckpt"]["entries"]}
     npp = {e["name"]: e["records"] for e in EXPECTED["sliced_numpy_path.ckpt"]["entries"]}
-    assert tp == {"a": 5, "u": 1, "h": 3, "v": 2, "s": 1}, tp
-    assert npp == {"a": 5, "u": 1, "h": 3, "v": 2, "s": 1}, npp
+    # tensor path: fixed 1024-byte chunks; numpy path: np.array_split(arr, ceil(KB)) on axis 0
+    assert tp == {"a": 4, "u": 1, "h": 3, "v": 2, "s": 1}, tp
+    assert npp == {"a": 4, "u": 1, "h": 3, "v": 2, "s": 1}, npp
+    recs = walk_ckpt((OUT / "sliced_tensor_path.ckpt").read_bytes())
+    sizes = [(r["tag"], len(r["content"])) for r in recs]
+    assert sizes == [("a", 1024)] * 3 + [("a", 128), ("u", 16), ("h", 1024), ("h", 1024), ("h", 452),
+                                         ("v", 1024), ("v", 376), ("s", 400)], sizes
     recs = walk_ckpt((OUT / "sliced_numpy_path.ckpt").read_bytes())
     sizes = [(r["tag"], len(r["content"])) for r in recs]
-    assert sizes == [("a", 1600)] * 3 + [("a", 0)] * 2 + [("u", 16), ("h", 1000), ("h", 1000), ("h", 500),
+    assert sizes == [("a", 1600)] * 2 + [("a", 0)] * 2 + [("u", 16), ("h", 1000), ("h", 1000), ("h", 500),
                                                            ("v", 700), ("v", 700), ("s", 400)], sizes
 
 
@@ -709,6 +722,26 @@ def edge_fixtures():
     record_ckpt("edge_old_uint.ckpt", written)
 
 
+def write_expected(path):
+    """Compact but diff-friendly JSON: one line per file header and one line per entry."""
+    def dumps(obj):
+        return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
+    blocks = []
+    for name in sorted(EXPECTED):
+        info = dict(EXPECTED[name])
+        entries = info.pop("entries")
+        head = dumps(info)[:-1]
+        if entries:
+            body = ",\n".join("   " + dumps(e) for e in entries)
+            blocks.append(f" {dumps(name)}: {head}, \"entries\": [\n{body}\n  ]}}")
+        else:
+            blocks.append(f" {dumps(name)}: {head}, \"entries\": []}}")
+    text = "{\n" + ",\n".join(blocks) + "\n}\n"
+    reparsed = json.loads(text)
+    assert reparsed == {k: EXPECTED[k] for k in EXPECTED}
+    path.write_text(text, encoding="utf-8")
+
+
 def main():
     ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -726,9 +759,7 @@ def main():
 
     on_disk = sorted(p.name for p in OUT.iterdir() if p.suffix in (".ckpt", ".safetensors"))
     assert on_disk == sorted(EXPECTED), set(on_disk) ^ set(EXPECTED)
-    with open(OUT / "expected.json", "w", encoding="utf-8") as f:
-        json.dump({k: EXPECTED[k] for k in sorted(EXPECTED)}, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+    write_expected(OUT / "expected.json")
     total = sum(p.stat().st_size for p in OUT.iterdir())
     print(f"wrote {len(on_disk)} fixture files + expected.json to {OUT} ({total} bytes)")
     return 0

@@ -12,7 +12,7 @@ See ``gguf-targets.md`` §11 for the API and ABI notes this follows.
 The two parameter structs (``llama_model_params``, ``llama_context_params``) change layout between llama.cpp
 versions, so they are handled as opaque, over-sized byte blobs: the library fills them in
 (``llama_*_default_params``) and we pass them back unchanged, except for a few context fields that :class:`LlamaModel`
-locates by their default contents and checks before touching (see :func:`_exact_context_params`). Large structs are
+locates by their default contents and checks before touching (see :func:`context_params`). Large structs are
 returned through a hidden pointer and passed in memory (x86-64 SysV) or by reference (AArch64), and the struct is the
 last argument of the functions that take it, so the extra bytes at the end are never read by the library.
 """
@@ -114,6 +114,7 @@ def library() -> ctypes.CDLL:
     _declare(lib, "llama_free", None, p)
     _declare(lib, "llama_model_free", None, p)
     _declare(lib, "llama_n_ctx", ctypes.c_uint32, p)
+    _declare(lib, "llama_n_batch", ctypes.c_uint32, p)
     # vocabulary
     _declare(lib, "llama_model_get_vocab", p, p)
     _declare(lib, "llama_vocab_n_tokens", c_int32, p)
@@ -229,7 +230,10 @@ class LlamaModel:
             raise RuntimeError(f"llama.cpp failed to create a context for {self.path!r}")
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.n_vocab: int = lib.llama_vocab_n_tokens(self._vocab)
-        self.n_ctx: int = lib.llama_n_ctx(self._ctx)
+        self.n_ctx: int = lib.llama_n_ctx(self._ctx)  # llama.cpp may round the requested size up (to 256)
+        # one llama_decode call takes at most n_batch tokens (llama.cpp caps it at the requested n_ctx) and
+        # aborts the process beyond that, so logits() checks against this
+        self.max_tokens: int = min(self.n_ctx, lib.llama_n_batch(self._ctx))
 
     # lifetime
 
@@ -315,8 +319,8 @@ class LlamaModel:
         n = len(ids)
         if n == 0:
             raise ValueError("logits() needs at least one token")
-        if n > self.n_ctx:
-            raise ValueError(f"{n} tokens do not fit the context of {self.n_ctx}")
+        if n > self.max_tokens:
+            raise ValueError(f"{n} tokens exceed the {self.max_tokens} tokens one batch of this context can take")
         bad = [t for t in ids if not 0 <= t < self.n_vocab]
         if bad:
             raise ValueError(f"token ids out of range [0, {self.n_vocab}): {bad[:5]}")

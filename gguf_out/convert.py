@@ -1,0 +1,170 @@
+"""``ms2gguf CKPT MAP OUT``: plan, then stream every tensor into a temporary GGUF, then rename it into place."""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gguf import GGMLQuantizationType
+from tqdm import tqdm
+
+from msckpt import open_checkpoint
+
+from . import hparams, metadata, plan as planning, vocab as vocabulary
+from .encode import OUTTYPES, encode_rows
+from .errors import ConvertError
+from .maps import bundled_names, load_map
+from .report import human_bytes
+from .writer import GGUFWriter, TensorInfo
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="ms2gguf",
+        usage="ms2gguf CKPT MAP OUT [options]",
+        description="Convert a MindSpore / MindFormers checkpoint to GGUF for llama.cpp and Ollama.",
+        epilog=f"Bundled maps: {', '.join(bundled_names())}. Subcommands: 'ms2gguf inspect CKPT', "
+               "'ms2gguf check FILE.gguf'.")
+    p.add_argument("ckpt", metavar="CKPT", help="checkpoint: .ckpt (plain, CRC, encrypted) or .safetensors")
+    p.add_argument("map", metavar="MAP", help="family map: a bundled name (e.g. llama2) or a path to a .json map")
+    p.add_argument("out", metavar="OUT", help="output .gguf file")
+    p.add_argument("--config", metavar="FILE", help="MindFormers yaml or HF config.json "
+                   "(default: config.yaml / config.json / the only *.yaml beside CKPT)")
+    p.add_argument("--tokenizer", metavar="FILE", help="SentencePiece tokenizer.model (default: beside CKPT); "
+                   "a tokenizer_config.json beside it supplies the chat template and special tokens")
+    p.add_argument("--outtype", default="f16", type=str.lower, choices=list(OUTTYPES),
+                   help="type of the 2-D weights; 1-D tensors stay F32 (default: %(default)s)")
+    p.add_argument("--rope-layout", choices=("hf", "meta"), default="hf",
+                   help="Q/K row layout in the checkpoint: 'hf' rotate_half (MindFormers r0.7 and later, "
+                   "permuted for llama.cpp) or 'meta' interleaved (r0.6 and earlier, copied as is) "
+                   "(default: %(default)s)")
+    p.add_argument("--fused-layout", choices=("interleaved", "contiguous"), default="interleaved",
+                   help="layout of fused w_qkv / w_gate_hidden: 'interleaved' (MindFormers 1.4 and later) or "
+                   "'contiguous' (up to 1.3) (default: %(default)s)")
+    p.add_argument("--train-tp", type=int, default=1, metavar="N",
+                   help="tensor-parallel degree the model was trained with; contiguous fused tensors are then "
+                   "rank-blocked (default: %(default)s)")
+    p.add_argument("--name", help="general.name (default: the checkpoint's file name)")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (each tensor's name, shape, type) and "
+                   "write nothing")
+    p.add_argument("--verify-crc", action="store_true", help="check the checkpoint's CRC before converting")
+    p.add_argument("--tmp-dir", metavar="DIR", help="where decrypted checkpoints are staged (default: system temp)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("-v", "--verbose", action="store_true", help="list skipped entries and each tensor's mapping")
+    from .cli import add_decryption_options
+    add_decryption_options(p)
+    return p
+
+
+def main(argv):
+    args = build_parser().parse_args(argv)
+    return run(args)
+
+
+def log(args, text):
+    if not args.quiet:
+        print(text, file=sys.stderr)
+
+
+def run(args):
+    started = time.monotonic()
+    out_path = Path(args.out)
+    if not args.dry_run:
+        if out_path.exists() and not args.force:
+            raise ConvertError(f"{out_path}: already exists (use --force to overwrite)")
+        if out_path.is_dir():
+            raise ConvertError(f"{out_path}: is a directory")
+        if not out_path.resolve().parent.is_dir():
+            raise ConvertError(f"{out_path}: the directory {out_path.resolve().parent} does not exist")
+    fmap = load_map(args.map)
+    config_path = Path(args.config) if args.config else hparams.find_config(args.ckpt)
+    if config_path is None:
+        raise ConvertError(f"{args.ckpt}: no config.yaml / config.json beside the checkpoint; pass --config")
+    config = hparams.read_config(config_path)
+    tokenizer_path = Path(args.tokenizer) if args.tokenizer else vocabulary.find_tokenizer(args.ckpt)
+    if tokenizer_path is None:
+        raise ConvertError(f"{args.ckpt}: no tokenizer.model beside the checkpoint; pass --tokenizer")
+
+    with open_checkpoint(args.ckpt, dec_key=args.dec_key, dec_mode=args.dec_mode, verify_crc=args.verify_crc,
+                         tmp_dir=args.tmp_dir) as ckpt:
+        options = planning.Options(args.outtype, args.rope_layout, args.fused_layout, args.train_tp)
+        plan = planning.build(ckpt, fmap, config, config_path, options)
+        vocab = vocabulary.load_sentencepiece(tokenizer_path)
+        vocabulary.pad_to(vocab, int(plan.hp["vocab_size"]))
+        name = args.name or Path(args.ckpt).stem
+        kvs = metadata.build(fmap, plan, vocab, args.outtype, name)
+        for warning in vocab.warnings + plan.notes:
+            print(f"ms2gguf: warning: {warning}", file=sys.stderr)
+        if args.verbose or args.dry_run:
+            _print_plan(plan, sys.stdout if args.dry_run else sys.stderr)
+        if args.dry_run:
+            return 0
+        infos = [TensorInfo(o.name, o.shape, o.ggml_type) for o in plan.outputs]
+        size = _write(out_path, kvs, infos, plan, args)
+    _summary(args, plan, size, time.monotonic() - started, out_path)
+    return 0
+
+
+def _write(out_path, kvs, infos, plan, args):
+    folder = out_path.resolve().parent
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{out_path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer = GGUFWriter(f)
+            size = writer.write_header(kvs, infos)
+            total = sum(i.nbytes for i in infos)
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="writing",
+                      disable=args.quiet, file=sys.stderr, leave=False) as bar:
+                for out, info in zip(plan.outputs, infos):
+                    _write_tensor(writer, out, info, bar)
+            writer.finish()
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, out_path)
+        return size
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _write_tensor(writer, out, info, bar):
+    writer.begin_tensor(info.name)
+    tensor = out.source
+    if out.raw_copy:
+        for offset, length in tensor.byte_ranges():
+            tensor.source.advise_sequential(offset, length)
+            writer.copy_range(tensor.source.fileno(), offset, length)
+            bar.update(length)
+    else:
+        for block in planning.row_blocks(out):
+            data = encode_rows(block, tensor.dtype.name, out.ggml_type)
+            writer.write(memoryview(data).cast("B"))
+            bar.update(data.nbytes)
+    writer.end_tensor()
+
+
+def _print_plan(plan, stream):
+    for name, reason in plan.skipped:
+        print(f"skip   {name}  ({reason})", file=stream)
+    width = max((len(o.name) for o in plan.outputs), default=10)
+    for o in plan.outputs:
+        how = "copy" if o.raw_copy else o.transform or "convert"
+        print(f"tensor {o.name:<{width}}  {GGMLQuantizationType(o.ggml_type).name:<5} "
+              f"{'x'.join(map(str, o.shape)):<14} <- {o.source.name} [{o.source.dtype.name}] {how}", file=stream)
+
+
+def _summary(args, plan, size, seconds, out_path):
+    params = sum(int(o.shape[0]) * (int(o.shape[1]) if len(o.shape) > 1 else 1) for o in plan.outputs)
+    log(args, f"wrote {out_path}: {len(plan.outputs)} tensors, {params:,} parameters, {human_bytes(size)}, "
+              f"{args.outtype}, {seconds:.1f} s ({len(plan.skipped)} checkpoint entries skipped"
+              f"{'; -v lists them' if plan.skipped and not args.verbose else ''})")
+    if args.outtype == "f32":
+        log(args, "note: general.file_type is 0 (ALL_F32); Ollama reads that as 'unknown' and will not quantize "
+                  "this file at create time (convert with --outtype f16 or a quantized type instead)")

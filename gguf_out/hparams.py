@@ -1,0 +1,147 @@
+"""Model hyperparameters from a MindFormers yaml or an HF config.json, cross-checked with the tensors.
+
+The map names, for each canonical hyperparameter, the config keys that may carry it (MindFormers
+``model.model_config`` and HF spellings); everything else here is arithmetic (mindformers-layouts.md §7).
+"""
+
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from .errors import ConvertError
+
+CONFIG_NAMES = ("config.yaml", "config.json")
+
+
+def find_config(ckpt_path):
+    """A config file beside the checkpoint: config.yaml/config.json, else the only *.yaml there."""
+    folder = Path(ckpt_path).resolve().parent
+    for name in CONFIG_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    yamls = sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml"))
+    if len(yamls) == 1:
+        return yamls[0]
+    if len(yamls) > 1:
+        raise ConvertError(f"{folder}: several yaml files ({', '.join(p.name for p in yamls)}); "
+                           "choose one with --config")
+    return None
+
+
+def read_config(path):
+    """The flat dict of model settings in a MindFormers yaml (model.model_config) or an HF config.json."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConvertError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConvertError(f"{path}: cannot read config ({err})") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConvertError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
+                           f"({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConvertError(f"{path}: expected a mapping at the top level")
+    model = data.get("model")
+    if isinstance(model, dict):         # MindFormers yaml
+        config = model.get("model_config")
+        if not isinstance(config, dict):
+            raise ConvertError(f"{path}: MindFormers yaml without model.model_config")
+        return dict(config)
+    return data                         # HF config.json (or a bare model_config)
+
+
+def _llama_ffn(hidden_size, multiple_of, ffn_dim_multiplier):
+    # LlamaFeedForward: hidden_dim = 4H, optional multiplier, 2/3, rounded up to multiple_of (§7.2)
+    hidden_dim = 4 * hidden_size
+    if ffn_dim_multiplier is not None:
+        hidden_dim = int((ffn_dim_multiplier + 0.01) * hidden_dim)
+    hidden_dim = int(2 * hidden_dim / 3)
+    return multiple_of * math.ceil(hidden_dim / multiple_of)
+
+
+class HParams(dict):
+    """Canonical hyperparameters; ``source[name]`` tells where each value came from."""
+
+    def __init__(self):
+        super().__init__()
+        self.source = {}
+
+    def put(self, name, value, source):
+        self[name] = value
+        self.source[name] = source
+
+
+def resolve(family_map, config, config_path):
+    """Canonical values from the config via the map's key lists, defaults and derivations."""
+    hp = HParams()
+    for name, keys in family_map.config_keys.items():
+        for key in keys:
+            if config.get(key) is not None:
+                hp.put(name, config[key], f"{config_path}: {key}")
+                break
+        else:
+            if name in family_map.defaults:
+                hp.put(name, family_map.defaults[name], "default")
+    for name in ("num_heads",):
+        if name not in hp:
+            raise ConvertError(f"{config_path}: no {name} ({' or '.join(family_map.config_keys.get(name, []))})")
+    if "num_kv_heads" not in hp:
+        hp.put("num_kv_heads", hp["num_heads"], "= num_heads (no GQA setting)")
+    return hp
+
+
+def complete(hp, observed, config_path):
+    """Fill in what only the tensors can tell and cross-check everything both can tell.
+
+    ``observed``: values read off the tensor shapes (hidden_size, num_layers, vocab_size, ffn_size,
+    kv_width, q_width); missing keys are simply not checked.
+    """
+    def check(name, value, what):
+        if name not in hp:
+            hp.put(name, value, f"tensor shapes ({what})")
+        elif int(hp[name]) != int(value):
+            raise ConvertError(f"{hp.source[name]} says {name} = {hp[name]}, but the checkpoint's {what} "
+                               f"gives {value}")
+
+    for name in ("hidden_size", "num_layers", "vocab_size"):
+        if name in observed:
+            check(name, observed[name][0], observed[name][1])
+    for name in ("hidden_size", "num_layers"):
+        if name not in hp:
+            raise ConvertError(f"{config_path}: cannot determine {name}")
+    if "head_dim" not in hp:
+        if hp["hidden_size"] % hp["num_heads"]:
+            raise ConvertError(f"{config_path}: hidden_size {hp['hidden_size']} is not divisible by "
+                               f"num_heads {hp['num_heads']}; set head_dim")
+        hp.put("head_dim", hp["hidden_size"] // hp["num_heads"], "hidden_size / num_heads")
+    hp.put("q_width", hp["num_heads"] * hp["head_dim"], "num_heads x head_dim")
+    hp.put("kv_width", hp["num_kv_heads"] * hp["head_dim"], "num_kv_heads x head_dim")
+    if "kv_width" in observed:
+        value, what = observed["kv_width"]
+        if value != hp["kv_width"]:
+            raise ConvertError(f"{hp.source['num_kv_heads']} gives num_kv_heads = {hp['num_kv_heads']} "
+                               f"(KV width {hp['kv_width']}), but the checkpoint's {what} gives {value}")
+    if "q_width" in observed and observed["q_width"][0] != hp["q_width"]:
+        value, what = observed["q_width"]
+        raise ConvertError(f"{hp.source['num_heads']} gives num_heads x head_dim = {hp['q_width']}, "
+                           f"but the checkpoint's {what} gives {value}")
+
+    if hp.get("intermediate_size") is not None:
+        hp.put("ffn_size", int(hp["intermediate_size"]), hp.source["intermediate_size"])
+    elif "multiple_of" in hp and "ffn_size" not in observed:
+        hp.put("ffn_size", _llama_ffn(int(hp["hidden_size"]), int(hp["multiple_of"]), hp.get("ffn_dim_multiplier")),
+               "derived from hidden_size, multiple_of, ffn_dim_multiplier")
+    if "ffn_size" in observed:
+        if "ffn_size" not in hp and "multiple_of" in hp:
+            derived = _llama_ffn(int(hp["hidden_size"]), int(hp["multiple_of"]), hp.get("ffn_dim_multiplier"))
+            hp.put("ffn_size", derived, "derived from hidden_size, multiple_of and ffn_dim_multiplier "
+                   f"in {config_path}")
+        check("ffn_size", observed["ffn_size"][0], observed["ffn_size"][1])
+    if "context_length" not in hp:
+        raise ConvertError(f"{config_path}: no context length (seq_length / max_position_embedding)")
+    return hp

@@ -1,0 +1,235 @@
+"""The conversion plan: every checkpoint entry accounted for, every GGUF tensor with its rows and type.
+
+Planning reads only names and shapes. It decides what each entry becomes (mapped, skipped with a reason,
+or an error), cross-checks the config against the shapes, and fixes each output tensor's row selection
+(split / permutation), shape and ggml type, so the writer can lay out the header before any data.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from msckpt.classify import GROUP_TITLES, group_of
+
+from . import encode, hparams, transforms
+from .errors import ConvertError
+
+
+@dataclass
+class Output:
+    name: str
+    source: object            # msckpt Tensor
+    rows: object              # np.ndarray of source rows, or None for all rows in order
+    shape: tuple
+    ggml_type: int = 0
+    note: str | None = None
+    transform: str = ""       # what was done, for --verbose / --dry-run
+
+    @property
+    def raw_copy(self):
+        """True when the output bytes are exactly a byte range of the checkpoint."""
+        return self.rows is None and encode.SAME_BYTES.get(self.source.dtype.name) == self.ggml_type
+
+
+@dataclass
+class Plan:
+    outputs: list
+    skipped: list             # (name, reason)
+    hp: dict
+    num_layers: int
+    notes: list = field(default_factory=list)
+
+
+@dataclass
+class Options:
+    outtype: str = "f16"
+    rope_layout: str = "hf"           # "hf": rotate_half (MindFormers >= r0.7), "meta": interleaved (<= r0.6)
+    fused_layout: str = "interleaved"  # MindFormers >= 1.4 w_qkv / w_gate_hidden; "contiguous" up to 1.3
+    train_tp: int = 1                  # tensor-parallel degree of training (rank-blocked contiguous tensors)
+
+
+def classify_entries(ckpt, fmap):
+    """(mapped [(tensor, rule, layer)], skipped [(name, reason)]); unmapped entries are an error."""
+    mapped, skipped, unmapped = [], [], []
+    for tensor in ckpt:
+        rule, layer = fmap.rule_for(tensor.name)
+        if rule is not None:
+            mapped.append((tensor, rule, layer))
+            continue
+        group = group_of(tensor)
+        if group in fmap.skip_groups:
+            skipped.append((tensor.name, GROUP_TITLES[group]))
+        elif fmap.skipped_by_name(tensor.name):
+            skipped.append((tensor.name, "skipped by the map's name rules"))
+        else:
+            unmapped.append(tensor)
+    if unmapped:
+        first = unmapped[0]
+        more = f" (and {len(unmapped) - 1} more: {', '.join(t.name for t in unmapped[1:4])}" \
+               f"{', ...' if len(unmapped) > 4 else ''})" if len(unmapped) > 1 else ""
+        raise ConvertError(f"{ckpt.path}: unmapped tensor '{first.name}' {list(first.shape)}{more}; the map "
+                           f"'{fmap.family}' ({fmap.path}) has no rule for it — wrong map, or a family this map "
+                           "does not cover")
+    return mapped, skipped
+
+
+def _observe(mapped, fmap, ckpt_path):
+    """Hyperparameters as the tensor shapes tell them: {name: (value, 'which tensor')}."""
+    observed = {}
+    layers = {layer for _, _, layer in mapped if layer >= 0}
+    if layers:
+        observed["num_layers"] = (max(layers) + 1, f"layer indices (0..{max(layers)})")
+    for tensor, rule, layer in mapped:
+        if rule.split:
+            continue
+        spec = fmap.shapes.get(rule.targets[0])
+        if not spec or len(spec) != len(tensor.shape):
+            continue
+        for symbol, value in zip(spec, tensor.shape):
+            what = f"'{tensor.name}' {list(tensor.shape)}"
+            if symbol in observed and observed[symbol][0] != value:
+                raise ConvertError(f"{ckpt_path}: inconsistent shapes: {observed[symbol][1]} gives {symbol} = "
+                                   f"{observed[symbol][0]} but {what} gives {value}")
+            observed.setdefault(symbol, (value, what))
+    return observed
+
+
+def build(ckpt, fmap, config, config_path, options):
+    mapped, skipped = classify_entries(ckpt, fmap)
+    if not mapped:
+        raise ConvertError(f"{ckpt.path}: no model weights matched the map '{fmap.family}'")
+    for tensor, _, _ in mapped:
+        encode.check_float(tensor)
+    hp = hparams.resolve(fmap, config, config_path)
+    hparams.complete(hp, _observe(mapped, fmap, ckpt.path), config_path)
+    num_layers = int(hp["num_layers"])
+
+    outputs = []
+    permute = fmap.rope_permute and options.rope_layout == "hf"
+    for tensor, rule, layer in mapped:
+        if layer >= num_layers:
+            raise ConvertError(f"{ckpt.path}: '{tensor.name}' is layer {layer}, but the model has {num_layers} "
+                               "layers")
+        for name, rows, what in _target_rows(tensor, rule, layer, hp, options, permute, ckpt.path):
+            shape = (len(rows),) + tuple(tensor.shape[1:]) if rows is not None else tuple(tensor.shape)
+            outputs.append(Output(name, tensor, rows, shape, transform=what))
+
+    _check_outputs(outputs, fmap, hp, num_layers, ckpt.path)
+    notes = []
+    for out in outputs:
+        out.ggml_type, out.note = encode.choose_type(out.shape, options.outtype)
+        if out.note:
+            notes.append(f"{out.name}: {out.note}")
+    return Plan(outputs, skipped, hp, num_layers, notes)
+
+
+def _target_rows(tensor, rule, layer, hp, options, permute, ckpt_path):
+    names = rule.target_names(layer)
+    n_rows = tensor.shape[0] if tensor.shape else 0
+    if rule.split == "qkv":
+        expected = hp["q_width"] + 2 * hp["kv_width"]
+        if n_rows != expected:
+            raise ConvertError(f"{ckpt_path}: fused '{tensor.name}' has {n_rows} rows; num_heads {hp['num_heads']}, "
+                               f"num_kv_heads {hp['num_kv_heads']} and head_dim {hp['head_dim']} need {expected}")
+        _check_tp(options.train_tp, (hp["num_heads"], hp["num_kv_heads"]), options.fused_layout)
+        parts = transforms.split_qkv_rows(hp["num_heads"], hp["num_kv_heads"], hp["head_dim"],
+                                          options.fused_layout, options.train_tp)
+        what = [f"split {options.fused_layout} QKV: {p}" for p in ("Q", "K", "V")]
+    elif rule.split == "gate_up":
+        if n_rows != 2 * hp["ffn_size"]:
+            raise ConvertError(f"{ckpt_path}: fused '{tensor.name}' has {n_rows} rows; ffn size "
+                               f"{hp['ffn_size']} needs {2 * hp['ffn_size']}")
+        _check_tp(options.train_tp, (hp["ffn_size"],), options.fused_layout)
+        parts = transforms.split_gate_up_rows(hp["ffn_size"], options.fused_layout, options.train_tp)
+        what = [f"split {options.fused_layout} gate/up: {p}" for p in ("gate", "up")]
+    else:
+        parts, what = [None], [""]
+
+    for name, rows, kind, text in zip(names, parts, rule.permutes, what):
+        if kind and permute:
+            heads = hp["num_heads"] if kind == "q" else hp["num_kv_heads"]
+            count = len(rows) if rows is not None else n_rows
+            perm = transforms.permute_rows(heads, count)
+            rows = perm if rows is None else rows[perm]
+            text = (text + ", " if text else "") + f"rope permutation ({heads} heads)"
+        yield name, rows, text
+
+
+def _check_tp(tp, sizes, layout):
+    if tp < 1 or any(s % tp for s in sizes):
+        raise ConvertError(f"--train-tp {tp} does not divide {', '.join(map(str, sizes))}")
+    if tp > 1 and layout != "contiguous":
+        raise ConvertError("--train-tp only matters for --fused-layout contiguous (interleaved layouts are "
+                           "the same for any tensor-parallel degree)")
+
+
+def _check_outputs(outputs, fmap, hp, num_layers, ckpt_path):
+    seen = {}
+    for out in outputs:
+        if out.name in seen:
+            raise ConvertError(f"{ckpt_path}: both '{seen[out.name]}' and '{out.source.name}' map to GGUF tensor "
+                               f"'{out.name}'")
+        seen[out.name] = out.source.name
+        spec = fmap.shapes.get(_pattern(out.name))
+        if spec:
+            expected = tuple(int(hp[s]) if isinstance(s, str) else s for s in spec)
+            if out.shape != expected:
+                described = " x ".join(f"{s}={hp[s]}" if isinstance(s, str) else str(s) for s in spec)
+                raise ConvertError(f"{ckpt_path}: '{out.source.name}' gives {out.name} shape {list(out.shape)}, "
+                                   f"but the config says {list(expected)} ({described})")
+    missing = []
+    for pattern in fmap.required:
+        for layer in (range(num_layers) if "{i}" in pattern else [None]):
+            name = pattern.replace("{i}", str(layer)) if layer is not None else pattern
+            if name not in seen:
+                missing.append(name)
+    if missing:
+        raise ConvertError(f"{ckpt_path}: the checkpoint lacks tensors GGUF '{fmap.arch}' requires: "
+                           f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+
+
+def _pattern(name):
+    parts = name.split(".")
+    if len(parts) > 1 and parts[0] == "blk":
+        parts[1] = "{i}"
+    return ".".join(parts)
+
+
+def row_blocks(out):
+    """Yield the output's rows in blocks as arrays of the checkpoint dtype (bounded memory)."""
+    tensor = out.source
+    array = tensor.array() if len(tensor.byte_ranges()) <= 1 else None
+    step = encode.rows_per_chunk(out.shape)
+    n = out.shape[0] if out.shape else 1
+    if not out.shape:
+        yield tensor.array().reshape(1)
+        return
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        if out.rows is None:
+            block = array[start:stop] if array is not None else _read_rows(tensor, start, stop)
+        else:
+            idx = out.rows[start:stop]
+            if array is not None:
+                block = array[idx]
+            else:
+                lo, hi = int(idx.min()), int(idx.max()) + 1
+                block = _read_rows(tensor, lo, hi)[idx - lo]
+        yield block
+
+
+def _read_rows(tensor, start, stop):
+    """Rows [start, stop) of a tensor stored in several records, reading only the bytes they need."""
+    row_bytes = tensor.dtype.itemsize * int(np.prod(tensor.shape[1:], dtype=np.int64))
+    want_lo, want_hi = start * row_bytes, stop * row_bytes
+    out = np.empty((stop - start,) + tuple(tensor.shape[1:]), tensor.dtype.np_dtype)
+    flat = out.reshape(-1).view(np.uint8)
+    pos = 0                       # byte position of the current piece within the tensor
+    for off, length in tensor.byte_ranges():
+        lo, hi = max(pos, want_lo), min(pos + length, want_hi)
+        if lo < hi:
+            flat[lo - want_lo:hi - want_lo] = np.frombuffer(tensor.source.view(off + lo - pos, hi - lo), np.uint8)
+        pos += length
+        if pos >= want_hi:
+            break
+    return out

@@ -1,0 +1,148 @@
+"""Tokenizer -> GGUF vocabulary metadata. SentencePiece ``tokenizer.model`` parsed with protobuf alone.
+
+What llama.cpp needs (gguf-targets.md §3.1, §3.3): tokens, scores and token types, padded to the
+embedding rows with unique ``[PAD{id}]`` tokens, special token ids, add_bos/add_eos, and the chat template.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gguf import TokenType
+
+from msckpt.schema import message_class
+
+from .errors import ConvertError
+
+PAD_SCORE = -10000.0
+ADDED_SCORE = -1000.0
+
+
+@dataclass
+class Vocab:
+    model: str                      # tokenizer.ggml.model: "llama" (SentencePiece) or "gpt2"
+    tokens: list
+    scores: list
+    types: list
+    special: dict = field(default_factory=dict)    # "bos"/"eos"/"unk"/"pad" -> id
+    add_bos: bool | None = None
+    add_eos: bool | None = None
+    add_space_prefix: bool | None = None
+    chat_template: str | None = None
+    pre: str | None = None
+    merges: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    source: str = ""
+
+
+def find_tokenizer(ckpt_path):
+    folder = Path(ckpt_path).resolve().parent
+    for name in ("tokenizer.model",):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_sentencepiece(path):
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConvertError(f"{path}: cannot read tokenizer ({err.strerror or err})") from None
+    model_proto = message_class("sentencepiece_model", "ms2gguf.spm.ModelProto")
+    try:
+        model = model_proto.FromString(data)
+    except Exception:   # protobuf's DecodeError has no stable import path across versions
+        raise ConvertError(f"{path}: not a SentencePiece model (protobuf parse failed)") from None
+    if not model.pieces:
+        raise ConvertError(f"{path}: SentencePiece model has no pieces")
+    tokens, scores, types = [], [], []
+    for i, piece in enumerate(model.pieces):
+        if not piece.piece:
+            raise ConvertError(f"{path}: piece {i} is empty")
+        tokens.append(piece.piece)
+        scores.append(float(piece.score))
+        # SentencePiece's piece types have the same numbers as GGUF's token types, except that llama.cpp's
+        # converter writes user-defined pieces of the .model as NORMAL.
+        kind = piece.type if 1 <= piece.type <= 6 else TokenType.NORMAL
+        types.append(TokenType.NORMAL if kind == TokenType.USER_DEFINED else kind)
+    spec = model.trainer_spec
+    vocab = Vocab("llama", tokens, scores, types, source=str(path))
+    for name, value in (("unk", spec.unk_id), ("bos", spec.bos_id), ("eos", spec.eos_id), ("pad", spec.pad_id)):
+        if 0 <= value < len(tokens):
+            vocab.special[name] = value
+    norm = model.normalizer_spec
+    vocab.add_space_prefix = norm.add_dummy_prefix
+    if norm.name and norm.name != "identity":
+        vocab.warnings.append(f"{path}: normalizer '{norm.name}' is ignored by llama.cpp; tokenization of some "
+                              "texts (unusual whitespace, compatibility characters) may differ")
+    _apply_tokenizer_config(vocab, path.parent / "tokenizer_config.json")
+    return vocab
+
+
+def _apply_tokenizer_config(vocab, path):
+    """HF tokenizer_config.json beside the tokenizer: chat template, add_bos/eos, added special tokens."""
+    if not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConvertError(f"{path}: cannot read ({err})") from None
+    if not isinstance(config, dict):
+        raise ConvertError(f"{path}: expected a JSON object")
+    template = config.get("chat_template")
+    if isinstance(template, list):      # [{"name": ..., "template": ...}]: take the default
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    if isinstance(template, str) and template:
+        vocab.chat_template = template
+    for key in ("add_bos_token", "add_eos_token"):
+        if isinstance(config.get(key), bool):
+            setattr(vocab, key.replace("_token", ""), config[key])
+    index = {text: i for i, text in enumerate(vocab.tokens)}
+    for key, info in (config.get("added_tokens_decoder") or {}).items():
+        try:
+            token_id = int(key)
+            text = info["content"]
+        except (ValueError, TypeError, KeyError):
+            raise ConvertError(f"{path}: malformed added_tokens_decoder entry {key!r}") from None
+        if token_id >= len(vocab.tokens):
+            continue    # placed when padding (see pad_to)
+        if vocab.tokens[token_id] != text and text in index:
+            continue
+        vocab.tokens[token_id] = text
+        vocab.types[token_id] = TokenType.CONTROL if info.get("special") else TokenType.USER_DEFINED
+    for name in ("bos", "eos", "unk", "pad"):
+        token = config.get(f"{name}_token")
+        if isinstance(token, dict):
+            token = token.get("content")
+        if isinstance(token, str) and token in index:
+            vocab.special[name] = index[token]
+    vocab.added_beyond = {int(k): v for k, v in (config.get("added_tokens_decoder") or {}).items()
+                          if int(k) >= len(vocab.tokens)}
+
+
+def pad_to(vocab, rows):
+    """Make the token list exactly ``rows`` long: llama.cpp requires len(tokens) == token_embd rows."""
+    n = len(vocab.tokens)
+    if n > rows:
+        raise ConvertError(f"{vocab.source}: the tokenizer has {n} tokens but the embedding has only {rows} rows")
+    taken = set(vocab.tokens)
+    if len(taken) != n:
+        dupes = sorted({t for t in vocab.tokens if vocab.tokens.count(t) > 1})[:3]
+        raise ConvertError(f"{vocab.source}: duplicate tokens {dupes} (llama.cpp aborts on duplicates)")
+    added = getattr(vocab, "added_beyond", {})
+    for i in range(n, rows):
+        info = added.get(i)
+        text = info.get("content") if isinstance(info, dict) else None
+        if text and text not in taken:
+            kind, score = (TokenType.CONTROL if info.get("special") else TokenType.USER_DEFINED), ADDED_SCORE
+        else:
+            text, kind, score = f"[PAD{i}]", TokenType.UNUSED, PAD_SCORE
+            while text in taken:
+                text = f"[PAD{i}_]" if text == f"[PAD{i}]" else text + "_"
+        taken.add(text)
+        vocab.tokens.append(text)
+        vocab.scores.append(score)
+        vocab.types.append(kind)
+    return vocab

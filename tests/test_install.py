@@ -21,7 +21,7 @@ def test_installed_package_carries_its_data(tmp_path):
     result = run([sys.executable, "-c", probe], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     package, maps, schemas = (Path(line) for line in result.stdout.split())
-    if REPO in package.parents:
+    if package.parent == REPO / "gguf_out":
         pytest.skip("ms2gguf is not installed as a regular package in this environment (source or editable)")
     assert maps == package.parent / "maps" and (maps / "llama2.json").is_file()
     assert schemas == package.parent.parent / "msckpt" / "proto" and (schemas / "checkpoint.desc").is_file()

@@ -287,10 +287,10 @@ def verify(path, a):
             if bytes(t.source.view(off, min(n, len(first)))) != first[:n]:
                 raise SystemExit(f"verify: {name}: first chunk differs")
         multi = [t.name for t in ckpt if t.records > 1]
-        sliced = ckpt[multi[0]] if multi else None
-        if sliced is not None:    # the multi-record read path: last row spans the end of the last record
-            last = sliced.array()[-1]
-            assert last.shape == (a.hidden,)
+        for name in multi:   # the pieces of a sliced tensor are contiguous 512 MiB chunks, in order
+            ranges = ckpt[name].byte_ranges()
+            if any(n != SLICE_BYTES for _, n in ranges[:-1]) or sum(n for _, n in ranges) != ckpt[name].nbytes:
+                raise SystemExit(f"verify: {name}: unexpected pieces {ranges}")
         return len(got), sum(t.records for t in ckpt), multi
 
 

@@ -7,7 +7,6 @@ or an error), cross-checks the config against the shapes, and fixes each output 
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from msckpt.classify import GROUP_TITLES, group_of
 
@@ -28,7 +27,8 @@ class Output:
     @property
     def raw_copy(self):
         """True when the output bytes are exactly a byte range of the checkpoint."""
-        return self.rows is None and encode.SAME_BYTES.get(self.source.dtype.name) == self.ggml_type
+        return (self.rows is None and self.source.byte_ranges() is not None
+                and encode.SAME_BYTES.get(self.source.dtype.name) == self.ggml_type)
 
 
 @dataclass
@@ -198,38 +198,17 @@ def _pattern(name):
 def row_blocks(out):
     """Yield the output's rows in blocks as arrays of the checkpoint dtype (bounded memory)."""
     tensor = out.source
-    array = tensor.array() if len(tensor.byte_ranges()) <= 1 else None
-    step = encode.rows_per_chunk(out.shape)
-    n = out.shape[0] if out.shape else 1
     if not out.shape:
         yield tensor.array().reshape(1)
         return
-    for start in range(0, n, step):
-        stop = min(n, start + step)
+    step = encode.rows_per_chunk(out.shape)
+    for start in range(0, out.shape[0], step):
+        stop = min(out.shape[0], start + step)
         if out.rows is None:
-            block = array[start:stop] if array is not None else _read_rows(tensor, start, stop)
+            yield tensor.rows(start, stop)
         else:
+            # transforms only reorder rows locally (within heads / groups), so a block of output rows
+            # comes from a narrow band of source rows: read that band, then pick from it
             idx = out.rows[start:stop]
-            if array is not None:
-                block = array[idx]
-            else:
-                lo, hi = int(idx.min()), int(idx.max()) + 1
-                block = _read_rows(tensor, lo, hi)[idx - lo]
-        yield block
-
-
-def _read_rows(tensor, start, stop):
-    """Rows [start, stop) of a tensor stored in several records, reading only the bytes they need."""
-    row_bytes = tensor.dtype.itemsize * int(np.prod(tensor.shape[1:], dtype=np.int64))
-    want_lo, want_hi = start * row_bytes, stop * row_bytes
-    out = np.empty((stop - start,) + tuple(tensor.shape[1:]), tensor.dtype.np_dtype)
-    flat = out.reshape(-1).view(np.uint8)
-    pos = 0                       # byte position of the current piece within the tensor
-    for off, length in tensor.byte_ranges():
-        lo, hi = max(pos, want_lo), min(pos + length, want_hi)
-        if lo < hi:
-            flat[lo - want_lo:hi - want_lo] = np.frombuffer(tensor.source.view(off + lo - pos, hi - lo), np.uint8)
-        pos += length
-        if pos >= want_hi:
-            break
-    return out
+            lo, hi = int(idx.min()), int(idx.max()) + 1
+            yield tensor.rows(lo, hi)[idx - lo]

@@ -16,9 +16,11 @@ class Checkpoint:
     Use as a context manager; tensors read after ``close()`` are invalid.
     """
 
-    def __init__(self, path, source, fmt, tensors, *, encrypted=None, crc=None, data_end=None, metadata=None):
+    def __init__(self, path, source, fmt, tensors, *, encrypted=None, crc=None, data_end=None, metadata=None,
+                 sources=()):
         self.path = str(path)
-        self.source = source
+        self.source = source                # the one file of a single-file checkpoint (None for directories)
+        self.sources = [source] if source is not None else list(sources)   # every open file, closed together
         self.format = fmt                   # "ckpt", "safetensors" or "empty"
         self.tensors = tensors
         self.encrypted = encrypted          # None or the mode, e.g. "AES-GCM"
@@ -49,7 +51,7 @@ class Checkpoint:
 
     @property
     def file_size(self):
-        return os.path.getsize(self.path)
+        return sum(s.size for s in self.sources)
 
     def computed_crc(self):
         """CRC-32 as MindSpore computes it for this format, or None when the format has no CRC."""
@@ -79,7 +81,8 @@ class Checkpoint:
         return True
 
     def close(self):
-        self.source.close()
+        for source in self.sources:
+            source.close()
 
     def __enter__(self):
         return self
@@ -94,10 +97,11 @@ def open_checkpoint(path, dec_key=None, dec_mode="AES-GCM", verify_crc=False, tm
     Only headers are read; tensor bytes stay on disk until asked for. Raises CheckpointError.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        from .directory import open_directory
+        return open_directory(path, dec_key=dec_key, dec_mode=dec_mode, verify_crc=verify_crc, tmp_dir=tmp_dir)
     try:
         source = Source(path)
-    except IsADirectoryError:
-        raise CheckpointError(path, "is a directory, not a checkpoint file") from None
     except OSError as err:
         raise CheckpointError(path, f"cannot open: {err.strerror or err}") from None
     try:

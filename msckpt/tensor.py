@@ -32,7 +32,10 @@ class Tensor:
         return prod(self.shape)
 
     def byte_ranges(self):
-        """Non-empty (offset, length) ranges, for copying straight from the file."""
+        """Non-empty (offset, length) ranges in ``source``, for copying straight from the file.
+
+        Tensors assembled from several files (e.g. merged shards) have no such ranges and return None.
+        """
         return [(off, n) for off, n in self.pieces if n]
 
     def raw(self):
@@ -65,6 +68,26 @@ class Tensor:
         for off, n in ranges:
             flat[pos:pos + n] = np.frombuffer(self.source.view(off, n), dtype=np.uint8)
             pos += n
+        return out
+
+    def rows(self, start, stop):
+        """Rows [start, stop) along axis 0 as an array, reading only the bytes they need."""
+        self._check_readable()
+        ranges = self.byte_ranges()
+        if len(ranges) <= 1:
+            return self.array()[start:stop]
+        row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+        want_lo, want_hi = start * row_bytes, stop * row_bytes
+        out = np.empty((stop - start,) + tuple(self.shape[1:]), self.dtype.np_dtype)
+        flat = out.reshape(-1).view(np.uint8)
+        pos = 0                       # byte position of the current piece within the tensor
+        for off, length in ranges:
+            lo, hi = max(pos, want_lo), min(pos + length, want_hi)
+            if lo < hi:
+                flat[lo - want_lo:hi - want_lo] = np.frombuffer(self.source.view(off + lo - pos, hi - lo), np.uint8)
+            pos += length
+            if pos >= want_hi:
+                break
         return out
 
     def string(self):

@@ -19,6 +19,8 @@ def test_installed_package_carries_its_data(tmp_path):
     probe = ("import gguf_out, msckpt; from gguf_out.maps import maps_dir; from msckpt.schema import schema_dir; "
              "print(gguf_out.__file__); print(maps_dir()); print(schema_dir())")
     result = run([sys.executable, "-c", probe], cwd=tmp_path)
+    if "No module named 'gguf_out'" in result.stderr:
+        pytest.skip("ms2gguf is not installed in this environment")
     assert result.returncode == 0, result.stderr
     package, maps, schemas = (Path(line) for line in result.stdout.split())
     if package.parent == REPO / "gguf_out":

@@ -92,7 +92,7 @@ def run(args):
                          tmp_dir=args.tmp_dir) as ckpt:
         options = planning.Options(args.outtype, args.rope_layout, args.fused_layout, args.train_tp)
         plan = planning.build(ckpt, fmap, config, config_path, options)
-        vocab = vocabulary.load_sentencepiece(tokenizer_path)
+        vocab = vocabulary.load_tokenizer(tokenizer_path, fmap)
         vocabulary.pad_to(vocab, int(plan.hp["vocab_size"]))
         name = args.name or Path(args.ckpt).stem
         kvs = metadata.build(fmap, plan, vocab, args.outtype, name)

@@ -35,12 +35,24 @@ class Vocab:
     source: str = ""
 
 
+TOKENIZER_FILES = ("tokenizer.model",)
+
+
 def find_tokenizer(ckpt_path):
-    folder = Path(ckpt_path).resolve().parent
-    for name in ("tokenizer.model",):
+    """A tokenizer file beside the checkpoint (or inside it, for a checkpoint directory)."""
+    path = Path(ckpt_path).resolve()
+    folder = path if path.is_dir() else path.parent
+    for name in TOKENIZER_FILES:
         if (folder / name).is_file():
             return folder / name
     return None
+
+
+def load_tokenizer(path, family_map):
+    """The GGUF vocabulary for the tokenizer kind the family map names."""
+    if family_map.tokenizer == "sentencepiece":
+        return load_sentencepiece(path)
+    raise ConvertError(f"{family_map.path}: unsupported tokenizer kind '{family_map.tokenizer}'")
 
 
 def load_sentencepiece(path):

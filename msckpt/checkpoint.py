@@ -51,6 +51,9 @@ class Checkpoint:
 
     @property
     def file_size(self):
+        """Bytes on disk (an encrypted file's own size, not its decrypted copy's; all files of a directory)."""
+        if os.path.isfile(self.path):
+            return os.path.getsize(self.path)
         return sum(s.size for s in self.sources)
 
     def computed_crc(self):
@@ -91,15 +94,20 @@ class Checkpoint:
         self.close()
 
 
-def open_checkpoint(path, dec_key=None, dec_mode="AES-GCM", verify_crc=False, tmp_dir=None):
+def open_checkpoint(path, dec_key=None, dec_mode="AES-GCM", verify_crc=False, tmp_dir=None, **options):
     """Open a ``.ckpt`` (plain, CRC-trailed or encrypted) or ``.safetensors`` file and index it.
 
     Only headers are read; tensor bytes stay on disk until asked for. Raises CheckpointError.
+    ``options`` go to directory checkpoints (distributed: ``strategy=``, ``step=``).
     """
     path = os.fspath(path)
     if os.path.isdir(path):
         from .directory import open_directory
-        return open_directory(path, dec_key=dec_key, dec_mode=dec_mode, verify_crc=verify_crc, tmp_dir=tmp_dir)
+        return open_directory(path, dec_key=dec_key, dec_mode=dec_mode, verify_crc=verify_crc, tmp_dir=tmp_dir,
+                              **options)
+    if options:
+        raise CheckpointError(path, f"is a single file; {', '.join(sorted(options))} only apply to a directory "
+                              "of rank_*/ shards")
     try:
         source = Source(path)
     except OSError as err:
@@ -130,6 +138,7 @@ def _open(path, source, dec_key, dec_mode, tmp_dir):
         try:
             ckpt = _open_plain(path, inner)
         except CheckpointError as err:
+            inner.close()
             raise CheckpointError(path, f"after decryption: {err.what}", err.offset) from None
         ckpt.encrypted = mode
         return ckpt
@@ -137,7 +146,7 @@ def _open(path, source, dec_key, dec_mode, tmp_dir):
     if safetensors.looks_like(source):
         tensors, meta = safetensors.index(source)
         crc = meta.get("crc_num")
-        crc = int(crc) if isinstance(crc, str) and crc.isdigit() else None
+        crc = int(crc) if isinstance(crc, str) and crc.isascii() and crc.isdigit() and len(crc) <= 20 else None
         return Checkpoint(path, source, "safetensors", tensors, crc=crc, metadata=meta)
 
     if source[0:1] == b"\x0a":

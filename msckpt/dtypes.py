@@ -69,3 +69,18 @@ def lookup(name, maptensor_part=False):
     if found is None and maptensor_part:
         found = _NUMPY_NAMES.get(name)
     return found
+
+
+MAX_TENSOR_BYTES = 1 << 62
+
+
+def shape_problem(shape, itemsize):
+    """Why a declared shape cannot be a real tensor, or None (guards numpy against absurd dims)."""
+    if len(shape) > 32:
+        return f"{len(shape)} dimensions (at most 32 are supported)"
+    size = itemsize
+    for dim in shape:
+        size *= dim or 1
+        if size >= MAX_TENSOR_BYTES:
+            return f"shape {list(shape)} is implausibly large"
+    return None

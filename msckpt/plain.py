@@ -60,6 +60,9 @@ def _tensor(source, group):
         return Tensor(first.tag, dtype, (), pieces, len(group), source, kind=kind, offset=first.offset)
     if dims == [0] and nbytes == dtype.itemsize:
         dims = []       # a scalar written by 2020-era MindSpore (ckpt-format.md §4)
+    problem = dtypes.shape_problem(dims, dtype.itemsize)
+    if problem:
+        raise CheckpointError(source.path, f"'{first.tag}': {problem}", first.offset)
     expected = prod(dims) * dtype.itemsize
     if nbytes != expected:
         raise CheckpointError(

@@ -29,7 +29,7 @@ def index(source):
         raise CheckpointError(path, f"safetensors header of {n} bytes is implausibly large", 0)
     try:
         header = json.loads(bytes(source[8:8 + n]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise CheckpointError(path, f"safetensors header is not valid JSON ({err})", 8) from None
     if not isinstance(header, dict):
         raise CheckpointError(path, "safetensors header is not a JSON object", 8)
@@ -40,6 +40,10 @@ def index(source):
     data_size = source.size - data_start
     tensors = []
     for name, info in header.items():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CheckpointError(path, f"safetensors entry name {name!r} is not valid Unicode", 8) from None
         tensors.append(_tensor(source, name, info, meta, data_start, data_size))
     tensors.sort(key=lambda t: t.pieces[0][0])
     return tensors, meta
@@ -53,18 +57,21 @@ def _tensor(source, name, info, meta, data_start, data_size):
 
     if not isinstance(info, dict):
         raise bad("is not an object")
-    dtype = dtypes.SAFETENSORS.get(info.get("dtype"))
+    dtype = dtypes.SAFETENSORS.get(info.get("dtype")) if isinstance(info.get("dtype"), str) else None
     if dtype is None:
         raise bad(f"unsupported dtype {info.get('dtype')!r}")
     if meta.get(name) == "Int4":        # MindSpore stores qint4x2 as I8 and flags it in the metadata
         dtype = dtypes.DTYPES["Int4"]
     shape = info.get("shape")
     offsets = info.get("data_offsets")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
         raise bad(f"invalid shape {shape!r}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
             and 0 <= offsets[0] <= offsets[1] <= data_size):
         raise bad(f"data_offsets {offsets!r} outside the {data_size}-byte data section")
+    problem = dtypes.shape_problem(shape, dtype.itemsize)
+    if problem:
+        raise bad(problem)
     nbytes = offsets[1] - offsets[0]
     if nbytes != prod(shape) * dtype.itemsize:
         raise bad(f"{nbytes} bytes, but {info['dtype']} {shape} needs {prod(shape) * dtype.itemsize}")

@@ -41,5 +41,6 @@ class Source:
             try:
                 self._map.close()
             except BufferError:
-                pass    # numpy views still alive; the map goes when they do
+                pass    # numpy views still alive: the map closes when the last of them goes
+            self._map = b""
         self._file.close()

@@ -73,6 +73,8 @@ class Tensor:
     def rows(self, start, stop):
         """Rows [start, stop) along axis 0 as an array, reading only the bytes they need."""
         self._check_readable()
+        start, stop, _ = slice(start, stop).indices(self.shape[0])
+        stop = max(start, stop)
         ranges = self.byte_ranges()
         if len(ranges) <= 1:
             return self.array()[start:stop]
@@ -98,6 +100,7 @@ class Tensor:
 
     def value(self):
         """A Python value for strings and one-element tensors (training scalars)."""
+        self._check_readable()
         if self.kind == "str":
             return self.string()
         if self.n_elements != 1 or self.dtype.kind == "raw":

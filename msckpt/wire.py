@@ -12,7 +12,7 @@ from .errors import CheckpointError
 
 VARINT, I64, LEN, SGROUP, EGROUP, I32 = 0, 1, 2, 3, 4, 5
 _MAX_VARINT_BYTES = 10
-_MAX_DIMS = 64          # MindSpore tensors have at most 8; anything near this is corruption
+_MAX_DIMS = 32          # numpy's limit; MindSpore tensors have at most 8
 _MAX_SMALL_FIELD = 1 << 20   # a tag or type name longer than 1 MiB is corruption, not a name
 
 

@@ -1,8 +1,654 @@
-"""``ms2gguf check FILE.gguf`` (reserved; the full validation is a later issue)."""
+"""``ms2gguf check FILE.gguf``: what llama.cpp and Ollama would reject, found without loading the model.
 
+The file is parsed here (not with gguf-py, whose reader stops at the first problem with a traceback), so a
+broken file gets one line per problem: the container rules of llama.cpp's ``gguf.cpp`` and Ollama's
+parser (gguf-targets.md §1.2, §10.2), exact metadata types (§2.1), the vocabulary (§3.3),
+``general.file_type`` (§6, §10.4), and the tensors the architecture needs, with their shapes. Required
+tensors and shapes come from the family maps (``maps/*.json``) whose arch the file names; every tensor
+must be one gguf-py lists for that arch.
+"""
+
+import argparse
+import mmap
+import struct
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType as V, Keys, LlamaFileType
+
+MAGIC = b"GGUF"
+MAX_STRING = 16 << 20       # Ollama's MaxStringLength
+MAX_ARRAY = 64 << 20        # Ollama's MaxArraySize (elements)
+MAX_DIMS = 4                # GGML_MAX_DIMS
+MAX_NAME = 64               # GGML_MAX_NAME: a tensor name must be shorter
+DEFAULT_ALIGNMENT = 32
+
+_SCALARS = {V.UINT8: "<B", V.INT8: "<b", V.UINT16: "<H", V.INT16: "<h", V.UINT32: "<I", V.INT32: "<i",
+            V.FLOAT32: "<f", V.UINT64: "<Q", V.INT64: "<q", V.FLOAT64: "<d", V.BOOL: "<?"}
+_TYPE_NAMES = {V.UINT8: "u8", V.INT8: "i8", V.UINT16: "u16", V.INT16: "i16", V.UINT32: "u32", V.INT32: "i32",
+               V.FLOAT32: "f32", V.BOOL: "bool", V.STRING: "string", V.ARRAY: "array", V.UINT64: "u64",
+               V.INT64: "i64", V.FLOAT64: "f64"}
+_KINDS = {"u32": V.UINT32, "i32": V.INT32, "f32": V.FLOAT32, "bool": V.BOOL, "str": V.STRING}
+
+# Exact types llama.cpp (and Ollama's typed accessors) insist on. An (ARRAY, item) tuple is an array type.
+GENERAL_TYPES = {
+    Keys.General.ARCHITECTURE: V.STRING, Keys.General.NAME: V.STRING, Keys.General.TYPE: V.STRING,
+    Keys.General.FILE_TYPE: V.UINT32,       # (general.alignment has its own check)
+    Keys.General.QUANTIZATION_VERSION: V.UINT32,
+    Keys.Tokenizer.MODEL: V.STRING, Keys.Tokenizer.PRE: V.STRING,
+    Keys.Tokenizer.LIST: (V.ARRAY, V.STRING), Keys.Tokenizer.SCORES: (V.ARRAY, V.FLOAT32),
+    Keys.Tokenizer.TOKEN_TYPE: (V.ARRAY, V.INT32), Keys.Tokenizer.MERGES: (V.ARRAY, V.STRING),
+    Keys.Tokenizer.ADD_BOS: V.BOOL, Keys.Tokenizer.ADD_EOS: V.BOOL, Keys.Tokenizer.ADD_PREFIX: V.BOOL,
+    Keys.Tokenizer.ADD_SEP: V.BOOL, Keys.Tokenizer.CHAT_TEMPLATE: V.STRING,
+}
+# tokenizer.ggml.bos_token_id, eos_, eot_, padding_, seperator_, fim_*_ ...: all u32
+SPECIAL_IDS = tuple(getattr(Keys.Tokenizer, n) for n in dir(Keys.Tokenizer) if n.endswith("_ID"))
+GENERAL_TYPES.update({key: V.UINT32 for key in SPECIAL_IDS})
+# "{arch}.<suffix>" hyperparameters llama.cpp reads for every arch, with their types; the maps' metadata
+# types are added per arch. Per-layer values may also be arrays.
+ARCH_TYPES = {
+    "context_length": V.UINT32, "embedding_length": V.UINT32, "block_count": V.UINT32,
+    "feed_forward_length": V.UINT32, "attention.head_count": V.UINT32, "attention.head_count_kv": V.UINT32,
+    "attention.layer_norm_rms_epsilon": V.FLOAT32, "attention.layer_norm_epsilon": V.FLOAT32,
+    "attention.key_length": V.UINT32, "attention.value_length": V.UINT32,
+    "rope.dimension_count": V.UINT32, "rope.freq_base": V.FLOAT32, "rope.scaling.type": V.STRING,
+    "rope.scaling.factor": V.FLOAT32, "rope.scaling.original_context_length": V.UINT32,
+    "vocab_size": V.UINT32, "expert_count": V.UINT32, "expert_used_count": V.UINT32,
+}
+PER_LAYER = {"feed_forward_length", "attention.head_count", "attention.head_count_kv"}
+# llama.cpp's load_hparams fails without these (any arch) ...
+ARCH_REQUIRED = ("context_length", "embedding_length", "block_count")
+# ... and without these when the family uses them (missing -> a key error or a wrong tensor shape)
+MAP_REQUIRED = {"feed_forward_length", "attention.head_count", "attention.layer_norm_rms_epsilon",
+                "attention.layer_norm_epsilon"}
+
+FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16,
+               GGMLQuantizationType.F64}
+INT_TYPES = {GGMLQuantizationType.I8, GGMLQuantizationType.I16, GGMLQuantizationType.I32,
+             GGMLQuantizationType.I64}
+
+
+@dataclass
+class Problem:
+    level: str      # "error" or "warning"
+    kind: str       # short class name, e.g. "key-type", "offset" (for tests and filtering)
+    text: str
+
+
+@dataclass
+class Value:
+    vtype: int
+    value: object
+    item_type: int | None = None
+    at: int = 0     # byte offset of the KV pair
+
+
+@dataclass
+class TensorEntry:
+    name: str
+    ne: tuple       # ne0 first, as stored
+    ggml_type: int
+    offset: int     # relative to the data section
+    at: int         # byte offset of the tensor info
+    nbytes: int | None = None
+
+    @property
+    def shape(self):
+        """numpy order (rows first)."""
+        return tuple(reversed(self.ne))
+
+    @property
+    def type_name(self):
+        try:
+            return GGMLQuantizationType(self.ggml_type).name
+        except ValueError:
+            return f"type {self.ggml_type}"
+
+
+@dataclass
+class Report:
+    path: str
+    problems: list = field(default_factory=list)
+    kv: dict = field(default_factory=dict)
+    tensors: list = field(default_factory=list)
+    size: int = 0
+    notes: list = field(default_factory=list)       # what could not be checked, for the "ok" line
+
+    @property
+    def errors(self):
+        return [p for p in self.problems if p.level == "error"]
+
+    @property
+    def warnings(self):
+        return [p for p in self.problems if p.level == "warning"]
+
+    def error(self, kind, text):
+        self.problems.append(Problem("error", kind, text))
+
+    def warning(self, kind, text):
+        self.problems.append(Problem("warning", kind, text))
+
+    def summary(self):
+        kv = self.kv
+        parts = [f"{len(self.tensors)} tensors"]
+        arch = _scalar(kv, Keys.General.ARCHITECTURE)
+        if isinstance(arch, str):
+            parts.append(arch)
+            layers = _scalar(kv, f"{arch}.block_count")
+            if isinstance(layers, int):
+                parts.append(f"{layers} layers")
+        tokens = kv.get(Keys.Tokenizer.LIST)
+        if tokens is not None and isinstance(tokens.value, list):
+            parts.append(f"{len(tokens.value)} tokens")
+        ftype = _scalar(kv, Keys.General.FILE_TYPE)
+        if isinstance(ftype, int):
+            parts.append(_ftype_name(ftype))
+        parts.append(_human(self.size))
+        if self.warnings:
+            parts.append(f"{len(self.warnings)} warning{'s' if len(self.warnings) > 1 else ''}")
+        return ", ".join(parts + self.notes)
+
+
+class _Fatal(Exception):
+    """The rest of the file cannot be read."""
+
+    def __init__(self, kind, text):
+        super().__init__(text)
+        self.kind, self.text = kind, text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# container
+
+
+class _Reader:
+    def __init__(self, buf):
+        self.buf, self.pos, self.size = buf, 0, len(buf)
+
+    def take(self, n, what):
+        if n > self.size - self.pos:
+            raise _Fatal("truncated", f"truncated: the file ends at byte {self.size}, inside {what} "
+                                      f"(which starts at byte {self.pos} and needs {n} bytes)")
+        start = self.pos
+        self.pos += n
+        return self.buf[start:self.pos]
+
+    def unpack(self, fmt, what):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
+
+    def string(self, what, report):
+        n = self.unpack("<Q", f"the length of {what}")
+        if n > MAX_STRING:
+            report.error("limit", f"{what} at byte {self.pos} is {n} bytes long; Ollama accepts at most "
+                                  f"{MAX_STRING} (16 MiB)")
+        return bytes(self.take(n, what)).decode("utf-8", errors="surrogateescape")
+
+
+def _value(r, vtype, what, report):
+    if vtype == V.STRING:
+        return r.string(what, report), None
+    if vtype == V.ARRAY:
+        item = r.unpack("<I", f"the item type of {what}")
+        count = r.unpack("<Q", f"the length of {what}")
+        if item == V.ARRAY:
+            raise _Fatal("value-type", f"{what}: nested array (array of arrays): llama.cpp and Ollama reject it")
+        if item not in _TYPE_NAMES:
+            raise _Fatal("value-type", f"{what}: unknown array item type {item} (GGUF types are 0-12)")
+        if count > MAX_ARRAY:
+            report.error("limit", f"{what} has {count} elements; Ollama accepts at most {MAX_ARRAY} (64 Mi)")
+        if item == V.STRING:
+            if count * 8 > r.size - r.pos:      # each string needs at least its 8-byte length
+                raise _Fatal("truncated", f"truncated: {what} claims {count} strings but the file has only "
+                                          f"{r.size - r.pos} bytes left")
+            return [r.string(f"{what}[{i}]", report) for i in range(count)], item
+        fmt = _SCALARS[item]
+        width = struct.calcsize(fmt)
+        data = r.take(count * width, what)
+        return np.frombuffer(data, dtype=np.dtype(fmt)).tolist(), item
+    if vtype not in _SCALARS:
+        raise _Fatal("value-type", f"{what}: unknown value type {vtype} (GGUF types are 0-12)")
+    return r.unpack(_SCALARS[vtype], what), None
+
+
+def _parse(buf, report):
+    """Header, metadata and tensor infos into ``report``; container problems recorded as found."""
+    r = _Reader(buf)
+    if len(buf) < 4 or bytes(buf[:4]) != MAGIC:
+        head = bytes(buf[:4])
+        raise _Fatal("not-gguf", "not a GGUF file " + (f"(starts with {head.hex(' ')}, not 47 47 55 46 'GGUF')"
+                                                        if len(head) == 4 else f"({len(buf)} bytes long)"))
+    r.take(4, "the magic")
+    version = r.unpack("<I", "the version")
+    if version not in (2, 3):
+        swapped = struct.unpack("<I", struct.pack(">I", version))[0]
+        if swapped in (1, 2, 3):
+            raise _Fatal("version", "big-endian GGUF: llama.cpp on little-endian machines cannot load it")
+        raise _Fatal("version", f"GGUF version {version}; llama.cpp reads versions 2 and 3")
+    n_tensors = r.unpack("<Q", "the tensor count")
+    n_kv = r.unpack("<Q", "the metadata count")
+    if n_tensors > r.size or n_kv > r.size:
+        raise _Fatal("truncated", f"the header claims {n_tensors} tensors and {n_kv} metadata pairs, more than "
+                                  f"a {r.size}-byte file can hold")
+
+    for i in range(n_kv):
+        at = r.pos
+        key = r.string(f"metadata key #{i}", report)
+        vtype = r.unpack("<I", f"the type of '{key}'")
+        value, item = _value(r, vtype, f"'{key}'", report)
+        if key in report.kv:
+            report.error("duplicate-key", f"metadata key '{key}' appears twice (byte {at})")
+        report.kv[key] = Value(vtype, value, item, at)
+
+    alignment = DEFAULT_ALIGNMENT
+    field_ = report.kv.get(Keys.General.ALIGNMENT)
+    if field_ is not None:
+        value = field_.value if field_.vtype == V.UINT32 else None
+        if not isinstance(value, int) or value <= 0 or value & (value - 1):
+            report.error("alignment", f"general.alignment is {field_.value!r} ({_TYPE_NAMES.get(field_.vtype)}); "
+                                      "it must be a u32 power of two")
+        else:
+            alignment = value
+
+    names = set()
+    for i in range(n_tensors):
+        at = r.pos
+        name = r.string(f"the name of tensor #{i}", report)
+        n_dims = r.unpack("<I", f"the dimension count of '{name}'")
+        if n_dims > 16:
+            raise _Fatal("dims", f"tensor '{name}' (byte {at}) claims {n_dims} dimensions; ggml has at most "
+                                 f"{MAX_DIMS}")
+        ne = tuple(r.unpack("<Q", f"dimension {d} of '{name}'") for d in range(n_dims))
+        ggml_type = r.unpack("<I", f"the type of '{name}'")
+        offset = r.unpack("<Q", f"the data offset of '{name}'")
+        tensor = TensorEntry(name, ne, ggml_type, offset, at)
+        report.tensors.append(tensor)
+        _check_tensor_info(tensor, names, report)
+        names.add(name)
+
+    data_start = -(-r.pos // alignment) * alignment
+    _check_offsets(report, data_start, alignment)
+
+
+def _check_tensor_info(t, names, report):
+    where = f"tensor '{t.name}'"
+    if t.name in names:
+        report.error("duplicate-tensor", f"{where} appears twice (byte {t.at})")
+    if len(t.name.encode("utf-8", errors="surrogateescape")) >= MAX_NAME:
+        report.error("name", f"{where}: the name is {len(t.name)} bytes; ggml allows at most {MAX_NAME - 1}")
+    if len(t.ne) > MAX_DIMS:
+        report.error("dims", f"{where} has {len(t.ne)} dimensions {list(t.shape)}; llama.cpp and Ollama allow at "
+                             f"most {MAX_DIMS}")
+    if any(d >= 1 << 63 for d in t.ne):
+        report.error("dims", f"{where}: dimension {list(t.ne)} is negative as int64")
+        return
+    try:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(t.ggml_type)]
+    except (ValueError, KeyError):
+        report.error("tensor-type", f"{where}: unknown ggml type {t.ggml_type}")
+        return
+    ne0 = t.ne[0] if t.ne else 1
+    if ne0 % block:
+        report.error("block", f"{where}: row length {ne0} is not a multiple of {t.type_name}'s block of {block}")
+        return
+    n = 1
+    for d in t.ne:
+        n *= d
+    t.nbytes = n // block * size
+
+
+def _check_offsets(report, data_start, alignment):
+    """Like llama.cpp, report the first offset that is not where the previous tensors end (later ones follow)."""
+    expected = 0
+    for t in report.tensors:
+        where = f"tensor '{t.name}'"
+        if t.nbytes is None:
+            return
+        if t.offset % alignment:
+            report.error("offset", f"{where}: data offset {t.offset} is not a multiple of the alignment {alignment}")
+            break
+        if t.offset != expected:
+            report.error("offset", f"{where}: data offset {t.offset}, expected {expected} (tensor data must follow "
+                                   "the tensor infos' order without gaps)")
+            break
+        expected = t.offset + -(-t.nbytes // alignment) * alignment
+    for t in report.tensors:
+        end = data_start + t.offset + (t.nbytes or 0)
+        if end > report.size:
+            report.error("truncated", f"truncated: tensor '{t.name}''s data ends at byte {end} but the file has only "
+                                      f"{report.size} bytes")
+            return
+
+
+# ---------------------------------------------------------------------------------------------------------
+# metadata and tensors against the architecture
+
+
+def _scalar(kv, key):
+    v = kv.get(key)
+    return None if v is None or v.vtype == V.ARRAY else v.value
+
+
+def _type_text(t):
+    return f"array of {_TYPE_NAMES.get(t[1], t[1])}" if isinstance(t, tuple) else _TYPE_NAMES.get(t, str(t))
+
+
+def _actual(v):
+    return (V.ARRAY, v.item_type) if v.vtype == V.ARRAY else v.vtype
+
+
+def _expected_types(arch, family_maps):
+    types = {f"{arch}.{suffix}": t for suffix, t in ARCH_TYPES.items()}
+    for fmap in family_maps:
+        for key, (kind, _) in fmap.metadata.items():
+            types[key.replace("{arch}", arch)] = _KINDS[kind]
+    types.update(GENERAL_TYPES)
+    return types
+
+
+def _check_types(report, arch, family_maps):
+    expected = _expected_types(arch, family_maps)
+    for key, v in report.kv.items():
+        want = expected.get(key)
+        if want is None:
+            continue
+        got = _actual(v)
+        if got == want:
+            continue
+        suffix = key[len(arch) + 1:] if key.startswith(arch + ".") else None
+        if suffix in PER_LAYER and got in ((V.ARRAY, V.UINT32), (V.ARRAY, V.INT32)):
+            continue        # per-layer values
+        report.error("key-type", f"{key} has type {_type_text(got)}; llama.cpp requires {_type_text(want)}")
+
+
+def _check_required(report, arch, family_maps):
+    required = [Keys.General.ARCHITECTURE, Keys.Tokenizer.MODEL, Keys.Tokenizer.LIST]
+    if arch:
+        required += [f"{arch}.{suffix}" for suffix in ARCH_REQUIRED]
+    for fmap in family_maps:
+        for key in fmap.metadata:
+            full = key.replace("{arch}", arch)
+            if full[len(arch) + 1:] in MAP_REQUIRED and full not in required:
+                required.append(full)
+    for key in required:
+        if key not in report.kv:
+            report.error("missing-key", f"required metadata key {key} is missing")
+
+
+def _check_vocab(report, n_embd_rows):
+    tokens_v = report.kv.get(Keys.Tokenizer.LIST)
+    if tokens_v is None or tokens_v.vtype != V.ARRAY or tokens_v.item_type != V.STRING:
+        return None
+    tokens = tokens_v.value
+    n = len(tokens)
+    if n_embd_rows is not None and n != n_embd_rows:
+        report.error("token-count", f"{Keys.Tokenizer.LIST} has {n} tokens but token_embd.weight has {n_embd_rows} "
+                                    "rows; llama.cpp requires them equal")
+    if len(set(tokens)) != n:
+        seen, dupes = set(), []
+        for i, t in enumerate(tokens):
+            if t in seen and len(dupes) < 3:
+                dupes.append(f"{t!r} (id {i})")
+            seen.add(t)
+        report.error("duplicate-token", f"duplicate tokens {', '.join(dupes)}: llama.cpp aborts on duplicates")
+    for key in (Keys.Tokenizer.SCORES, Keys.Tokenizer.TOKEN_TYPE):
+        v = report.kv.get(key)
+        if v is not None and v.vtype == V.ARRAY and len(v.value) != n:
+            report.error("token-count", f"{key} has {len(v.value)} entries for {n} tokens")
+    for key in SPECIAL_IDS:
+        v = report.kv.get(key)
+        if v is not None and v.vtype == V.UINT32 and v.value >= n:
+            report.warning("special-token", f"{key} = {v.value} is not a token id (there are {n} tokens); "
+                                            "llama.cpp ignores it")
+    return n
+
+
+def _ftype_name(value):
+    try:
+        return LlamaFileType(value).name
+    except ValueError:
+        return f"file type {value}"
+
+
+def _ftype_base(ftype):
+    """The ggml type a llama_ftype is made of (MOSTLY_Q4_K_M -> Q4_K), or None if not known."""
+    name = ftype.name.removeprefix("MOSTLY_")
+    for candidate in (name, name.rsplit("_", 1)[0]):
+        if candidate in GGMLQuantizationType.__members__:
+            return GGMLQuantizationType[candidate]
+    return None
+
+
+def _check_file_type(report):
+    v = report.kv.get(Keys.General.FILE_TYPE)
+    types = {t.ggml_type for t in report.tensors}
+    if v is None:
+        report.warning("file-type", "general.file_type is missing: Ollama reads the file type as unknown and "
+                                    "cannot quantize it at create time")
+        return
+    if v.vtype != V.UINT32:
+        return      # reported as a key type error
+    try:
+        ftype = LlamaFileType(v.value)
+    except ValueError:
+        report.warning("file-type", f"general.file_type = {v.value} is not a known llama_ftype")
+        return
+    found = ", ".join(sorted(_type_name(t) for t in types))
+    if ftype == LlamaFileType.ALL_F32:
+        if types - {GGMLQuantizationType.F32}:
+            report.error("file-type", f"general.file_type is 0 (ALL_F32) but the tensors are {found}")
+        else:
+            report.warning("file-type", "general.file_type is 0 (ALL_F32): Ollama reads that as 'unknown' and "
+                                        "cannot quantize this file at create time (convert with --outtype f16)")
+        return
+    base = _ftype_base(ftype)
+    if base in FLOAT_TYPES:     # F16 and BF16 files are not mixed: 2-D weights of that type, the rest F32
+        extra = types - {base, GGMLQuantizationType.F32}
+        if extra or base not in types:
+            report.error("file-type", f"general.file_type is {ftype.name} but the tensors are {found}")
+    elif not types - FLOAT_TYPES - INT_TYPES:
+        report.error("file-type", f"general.file_type is {ftype.name} but no tensor is quantized ({found})")
+
+
+def _type_name(t):
+    try:
+        return GGMLQuantizationType(t).name
+    except ValueError:
+        return str(t)
+
+
+def _arch_enum(arch):
+    for enum, name in gguf.MODEL_ARCH_NAMES.items():
+        if name == arch:
+            return enum
+    return None
+
+
+def _maps_for(arch):
+    from .errors import ConvertError
+    from .maps import bundled_names, load_map
+
+    found = []
+    for name in bundled_names():
+        try:
+            fmap = load_map(name)
+        except ConvertError:
+            continue
+        if fmap.arch == arch:
+            found.append(fmap)
+    return found
+
+
+def _symbols(report, arch, fmap, n_tokens):
+    """The map's shape symbols (hidden_size, q_width, ...) as this file's metadata gives them.
+
+    A symbol whose value is unclear (per-layer values that differ, or two keys that disagree) is left
+    out, so no shape is checked against it.
+    """
+    hp, source, per_layer, unclear = {}, {}, set(), set()
+    for key, (_, name) in fmap.metadata.items():
+        full = key.replace("{arch}", arch)
+        v = report.kv.get(full)
+        if v is None or v.vtype == V.STRING:
+            continue
+        value = v.value
+        if v.vtype == V.ARRAY:      # per-layer values: one shape for all layers only if they are all equal
+            if len(set(value)) != 1:
+                per_layer.add(name)
+                continue
+            value = value[0]
+        if name in hp and hp[name] != value:
+            report.error("hparams", f"{source[name]} = {hp[name]} but {full} = {value}; both must be "
+                                    f"{name} (map '{fmap.family}')")
+            unclear.add(name)
+            continue
+        hp[name], source[name] = value, full
+    unclear |= per_layer
+    for name in unclear:
+        hp.pop(name, None)
+    if n_tokens is not None:
+        hp["vocab_size"] = n_tokens
+    heads = hp.get("num_heads")
+    if heads and not unclear & {"num_heads", "num_kv_heads", "head_dim"}:
+        if "head_dim" not in hp and hp.get("hidden_size"):
+            hp["head_dim"] = hp["hidden_size"] // heads
+        hp.setdefault("num_kv_heads", heads)
+        if "head_dim" in hp:
+            hp["q_width"] = heads * hp["head_dim"]
+            hp["kv_width"] = hp["num_kv_heads"] * hp["head_dim"]
+    if per_layer:
+        report.notes.append(f"per-layer {', '.join(sorted(per_layer))}: those shapes not checked")
+    return hp
+
+
+def _pattern(name):
+    parts = name.split(".")
+    if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit():
+        parts[1] = "{i}"
+    return ".".join(parts)
+
+
+def _check_tensors(report, arch, family_maps, layers, hp):
+    by_name = {t.name: t for t in report.tensors}
+    stray = set()
+    enum = _arch_enum(arch)
+    if enum is not None:
+        allowed = {gguf.TENSOR_NAMES[t].replace("{bid}", "{i}") for t in gguf.MODEL_TENSORS.get(enum, [])}
+        for t in report.tensors:
+            base, _, suffix = _pattern(t.name).rpartition(".")
+            if base not in allowed or suffix not in ("weight", "bias"):
+                report.error("stray-tensor", f"tensor '{t.name}' is not a tensor of architecture '{arch}'; "
+                                             "llama.cpp rejects extra tensors")
+                stray.add(t.name)
+            elif "{i}" in base and isinstance(layers, int) and int(t.name.split(".")[1]) >= layers:
+                report.error("stray-tensor", f"tensor '{t.name}' is beyond the {layers} layers of "
+                                             f"{arch}.block_count")
+                stray.add(t.name)
+    if not family_maps:
+        report.notes.append(f"no ms2gguf map for '{arch}': required tensors and shapes not checked")
+        return
+    required = set.intersection(*(set(m.required) for m in family_maps))
+    for pattern in sorted(required):
+        if "{i}" in pattern and layers is None:
+            continue
+        names = [pattern.replace("{i}", str(i)) for i in range(layers)] if "{i}" in pattern else [pattern]
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+            report.error("missing-tensor", f"required tensor {', '.join(missing[:3])}{more} is missing")
+    shapes = {}
+    for fmap in family_maps:
+        for pattern, spec in fmap.shapes.items():
+            shapes.setdefault(pattern, spec)
+    for t in report.tensors:
+        spec = shapes.get(_pattern(t.name))
+        if t.name in stray or not spec or any(isinstance(s, str) and s not in hp for s in spec):
+            continue
+        expected = tuple(int(hp[s]) if isinstance(s, str) else int(s) for s in spec)
+        if t.shape != expected:
+            described = " x ".join(f"{s}={hp[s]}" if isinstance(s, str) else str(s) for s in spec)
+            report.error("shape", f"tensor '{t.name}' has shape {list(t.shape)}; the metadata gives "
+                                  f"{list(expected)} ({described})")
+
+
+def check_buffer(buf, report, family_maps=None):
+    """All checks on a GGUF's bytes."""
+    report.size = len(buf)
+    try:
+        _parse(buf, report)
+    except _Fatal as fatal:
+        report.error(fatal.kind, fatal.text)
+        return report
+    arch = _scalar(report.kv, Keys.General.ARCHITECTURE)
+    if not isinstance(arch, str):
+        arch = ""
+    elif _arch_enum(arch) is None:
+        report.error("arch", f"unknown architecture '{arch}' (general.architecture)")
+    if family_maps is None:
+        family_maps = _maps_for(arch) if arch else []
+    family_maps = [m for m in family_maps if m.arch == arch]
+    _check_types(report, arch, family_maps)
+    _check_required(report, arch, family_maps)
+    embd = next((t for t in report.tensors if t.name == "token_embd.weight"), None)
+    rows = embd.shape[0] if embd is not None and len(embd.ne) == 2 else None
+    n_tokens = _check_vocab(report, rows)
+    if rows is not None and n_tokens != rows:
+        n_tokens = None     # reported once as a token count error, not again as the shape of every vocab tensor
+    _check_file_type(report)
+    if arch:
+        layers = _scalar(report.kv, f"{arch}.block_count")
+        layers = layers if isinstance(layers, int) and not isinstance(layers, bool) else None
+        hp = {}
+        for fmap in family_maps:
+            hp.update(_symbols(report, arch, fmap, n_tokens))
+        _check_tensors(report, arch, family_maps, layers, hp)
+    return report
+
+
+def check_file(path, family_maps=None):
+    """A Report of everything wrong with the GGUF at ``path`` (``family_maps``: default the bundled ones)."""
+    report = Report(str(path))
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if size == 0:
+                report.error("not-gguf", "not a GGUF file (empty)")
+                return report
+            # slicing an mmap copies, so no buffer stays exported when it closes
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                check_buffer(mm, report, family_maps)
+    except OSError as err:
+        report.error("io", f"cannot read ({err.strerror or err})")
+    return report
+
+
+def _human(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="ms2gguf check", description="Validate GGUF files against what llama.cpp and "
+                                "Ollama enforce: container layout, metadata types, required keys, vocabulary, "
+                                "general.file_type, and the tensors (names, shapes) the architecture needs.")
+    p.add_argument("files", nargs="+", metavar="FILE.gguf")
+    p.add_argument("-q", "--quiet", action="store_true", help="print problems only, no 'ok' lines")
+    return p
 
 
 def main(argv):
-    print("ms2gguf: error: 'check' is not implemented yet", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    status = 0
+    for path in args.files:
+        report = check_file(path)
+        for problem in report.problems:
+            print(f"{path}: {problem.level}: {problem.text}")
+        if report.errors:
+            status = 1
+        elif not args.quiet:
+            print(f"{path}: ok ({report.summary()})")
+    return status

@@ -17,7 +17,7 @@ from .errors import ConvertError
 SUBCOMMANDS = ("inspect", "check")
 
 USAGE = """\
-usage: ms2gguf CKPT MAP OUT [options]     convert a MindSpore checkpoint to GGUF
+usage: ms2gguf CKPT [MAP] OUT [options]   convert a MindSpore checkpoint to GGUF (MAP: a map or 'auto')
        ms2gguf inspect CKPT [--json]      list what a checkpoint holds
        ms2gguf check FILE.gguf            validate a GGUF file
 
@@ -47,6 +47,8 @@ def inspect_parser():
     p.add_argument("ckpt", metavar="CKPT", help=".ckpt (plain, with CRC, or encrypted) or .safetensors file")
     p.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
     p.add_argument("--no-crc", action="store_true", help="do not verify the CRC (it reads the whole file)")
+    p.add_argument("--strategy", metavar="FILE_OR_DIR", help="strategy of a distributed CKPT directory (rank_N/)")
+    p.add_argument("--step", metavar="N", help="distributed CKPT: which saved step to read (N or EPOCH_N)")
     add_decryption_options(p)
     return p
 
@@ -55,7 +57,8 @@ def cmd_inspect(argv):
     from .report import crc_problem, describe, format_text
 
     args = inspect_parser().parse_args(argv)
-    with open_checkpoint(args.ckpt, dec_key=args.dec_key, dec_mode=args.dec_mode) as ckpt:
+    shards = {k: v for k, v in (("strategy", args.strategy), ("step", args.step)) if v is not None}
+    with open_checkpoint(args.ckpt, dec_key=args.dec_key, dec_mode=args.dec_mode, **shards) as ckpt:
         info = describe(ckpt, check_crc=not args.no_crc)
     if args.json:
         print(json.dumps(info, indent=1, default=str))

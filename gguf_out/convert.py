@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from msckpt import open_checkpoint
 
-from . import hparams, metadata, plan as planning, vocab as vocabulary
+from . import check, detect, hparams, metadata, modelfile, plan as planning, templates, vocab as vocabulary
 from .encode import OUTTYPES, encode_rows
 from .errors import ConvertError
 from .maps import bundled_names, load_map
@@ -23,30 +23,49 @@ from .writer import GGUFWriter, TensorInfo
 def build_parser():
     p = argparse.ArgumentParser(
         prog="ms2gguf",
-        usage="ms2gguf CKPT MAP OUT [options]",
+        usage="ms2gguf CKPT [MAP] OUT [options]",
         description="Convert a MindSpore / MindFormers checkpoint to GGUF for llama.cpp and Ollama.",
         epilog=f"Bundled maps: {', '.join(bundled_names())}. Subcommands: 'ms2gguf inspect CKPT', "
                "'ms2gguf check FILE.gguf'.")
     p.add_argument("ckpt", metavar="CKPT", help="checkpoint: .ckpt (plain, CRC, encrypted) or .safetensors")
-    p.add_argument("map", metavar="MAP", help="family map: a bundled name (e.g. llama2) or a path to a .json map")
+    p.add_argument("map", metavar="MAP", nargs="?", help="family map: a bundled name (e.g. llama2), a path to a "
+                   ".json map, or 'auto' (the default when OUT ends in .gguf) to choose by tensor names and config")
     p.add_argument("out", metavar="OUT", help="output .gguf file")
     p.add_argument("--config", metavar="FILE", help="MindFormers yaml or HF config.json "
                    "(default: config.yaml / config.json / the only *.yaml beside CKPT)")
-    p.add_argument("--tokenizer", metavar="FILE", help="SentencePiece tokenizer.model (default: beside CKPT); "
-                   "a tokenizer_config.json beside it supplies the chat template and special tokens")
+    p.add_argument("--tokenizer", metavar="FILE", help="tokenizer file or its directory: SentencePiece "
+                   "tokenizer.model, or for BPE maps tokenizer.json, vocab.json + merges.txt or a tiktoken file "
+                   "(default: beside CKPT); a tokenizer_config.json beside it supplies the chat template and "
+                   "special tokens")
     p.add_argument("--outtype", default="f16", type=str.lower, choices=list(OUTTYPES),
                    help="type of the 2-D weights; 1-D tensors stay F32 (default: %(default)s)")
     p.add_argument("--rope-layout", choices=("hf", "meta"), default="hf",
                    help="Q/K row layout in the checkpoint: 'hf' rotate_half (MindFormers r0.7 and later, "
                    "permuted for llama.cpp) or 'meta' interleaved (r0.6 and earlier, copied as is) "
                    "(default: %(default)s)")
-    p.add_argument("--fused-layout", choices=("interleaved", "contiguous"), default="interleaved",
-                   help="layout of fused w_qkv / w_gate_hidden: 'interleaved' (MindFormers 1.4 and later) or "
-                   "'contiguous' (up to 1.3) (default: %(default)s)")
-    p.add_argument("--train-tp", type=int, default=1, metavar="N",
+    p.add_argument("--fused-layout", choices=("interleaved", "contiguous"), default=None,
+                   help="layout of fused QKV and gate/up tensors (w_qkv / w_gate_hidden, mcore linear_qkv / "
+                   "linear_fc1): 'interleaved' (MindFormers 1.4 and later, mcore 1.7 and later) or 'contiguous' "
+                   "(up to 1.3, mcore 1.6) (default: the config's use_contiguous_weight_layout_attention / "
+                   "use_interleaved_weight_layout_mlp, else interleaved)")
+    p.add_argument("--train-tp", type=int, default=None, metavar="N",
                    help="tensor-parallel degree the model was trained with; contiguous fused tensors are then "
-                   "rank-blocked (default: %(default)s)")
+                   "rank-blocked (default: read from a distributed checkpoint's strategy, else 1)")
+    p.add_argument("--strategy", metavar="FILE_OR_DIR", help="parallel strategy of a distributed CKPT directory "
+                   "(rank_N/ shards): a strategy file (.ckpt/.json) or a directory of per-rank files (default: "
+                   "CKPT/strategy* or MindFormers' CKPT/../strategy/)")
+    p.add_argument("--step", metavar="N", help="distributed CKPT: which saved step to read when a rank directory "
+                   "holds several (N or EPOCH_N from <prefix>-EPOCH_N.ckpt; default: the newest)")
     p.add_argument("--name", help="general.name (default: the checkpoint's file name)")
+    p.add_argument("--chat-template", metavar="NAME|FILE", help="chat template for tokenizer.chat_template and the "
+                   f"Modelfile: a built-in format ({', '.join(templates.FORMATS)}), a Jinja file (or a JSON file with "
+                   "a \"chat_template\"), or 'none' (default: tokenizer_config.json's, else the map's default)")
+    p.add_argument("--modelfile", action="store_true", help="also write an Ollama Modelfile, OUT with the suffix "
+                   ".Modelfile (FROM, TEMPLATE, stop and num_ctx parameters)")
+    p.add_argument("--ollama", metavar="NAME", help="after converting, run 'ollama create NAME -f <Modelfile>' "
+                   "(implies --modelfile; without ollama on PATH, prints the command)")
+    p.add_argument("--system", metavar="TEXT", help="default system prompt (SYSTEM) for the Modelfile "
+                   "(implies --modelfile)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.add_argument("--dry-run", action="store_true", help="print the plan (each tensor's name, shape, type) and "
                    "write nothing")
@@ -61,7 +80,20 @@ def build_parser():
 
 def main(argv):
     args = build_parser().parse_args(argv)
+    if args.map is None:
+        if not args.out.endswith(".gguf"):
+            raise ConvertError(f"expected CKPT MAP OUT, or CKPT OUT.gguf to choose the map automatically "
+                               f"(got CKPT {args.ckpt} and {args.out})")
+        args.map = "auto"
     return run(args)
+
+
+def _tokenizer_path(args, fmap):
+    path = Path(args.tokenizer) if args.tokenizer else vocabulary.find_tokenizer(args.ckpt, fmap.tokenizer)
+    if path is None:
+        wanted = " / ".join(vocabulary.TOKENIZER_FILES.get(fmap.tokenizer, ("tokenizer.model",)))
+        raise ConvertError(f"{args.ckpt}: no tokenizer ({wanted}) beside the checkpoint; pass --tokenizer")
+    return path
 
 
 def log(args, text):
@@ -79,21 +111,26 @@ def run(args):
             raise ConvertError(f"{out_path}: is a directory")
         if not out_path.resolve().parent.is_dir():
             raise ConvertError(f"{out_path}: the directory {out_path.resolve().parent} does not exist")
-    fmap = load_map(args.map)
+        modelfile.check_options(args, out_path)
+    fmap = None if args.map == "auto" else load_map(args.map)
     config_path = Path(args.config) if args.config else hparams.find_config(args.ckpt)
     if config_path is None:
         raise ConvertError(f"{args.ckpt}: no config.yaml / config.json beside the checkpoint; pass --config")
     config = hparams.read_config(config_path)
-    tokenizer_path = Path(args.tokenizer) if args.tokenizer else vocabulary.find_tokenizer(args.ckpt)
-    if tokenizer_path is None:
-        raise ConvertError(f"{args.ckpt}: no tokenizer.model beside the checkpoint; pass --tokenizer")
+    tokenizer_path = _tokenizer_path(args, fmap) if fmap else None
 
+    shards = {k: v for k, v in (("strategy", args.strategy), ("step", args.step)) if v is not None}
     with open_checkpoint(args.ckpt, dec_key=args.dec_key, dec_mode=args.dec_mode, verify_crc=args.verify_crc,
-                         tmp_dir=args.tmp_dir) as ckpt:
-        options = planning.Options(args.outtype, args.rope_layout, args.fused_layout, args.train_tp)
+                         tmp_dir=args.tmp_dir, **shards) as ckpt:
+        if fmap is None:
+            fmap = detect.choose_map(ckpt, config, config_path, args.tokenizer)
+            log(args, f"map: {fmap.family} ({fmap.path}), chosen from the tensor names and {config_path}")
+            tokenizer_path = _tokenizer_path(args, fmap)
+        options = planning.Options(args.outtype, args.rope_layout, args.fused_layout, _train_tp(args, ckpt, fmap))
         plan = planning.build(ckpt, fmap, config, config_path, options)
         vocab = vocabulary.load_tokenizer(tokenizer_path, fmap)
         vocabulary.pad_to(vocab, int(plan.hp["vocab_size"]))
+        chat = templates.apply(args.chat_template, vocab, fmap)
         name = args.name or Path(args.ckpt).stem
         kvs = metadata.build(fmap, plan, vocab, args.outtype, name)
         for warning in vocab.warnings + plan.notes:
@@ -103,12 +140,26 @@ def run(args):
         if args.dry_run:
             return 0
         infos = [TensorInfo(o.name, o.shape, o.ggml_type) for o in plan.outputs]
-        size = _write(out_path, kvs, infos, plan, args)
+        size = _write(out_path, kvs, infos, plan, args, fmap)
     _summary(args, plan, size, time.monotonic() - started, out_path)
-    return 0
+    return modelfile.after_conversion(args, out_path, plan, vocab, chat, lambda text: log(args, text))
 
 
-def _write(out_path, kvs, infos, plan, args):
+def _train_tp(args, ckpt, fmap):
+    """--train-tp, else (contiguous fused tensors only: the others are the same for any degree) what a
+    distributed checkpoint's strategy shows for its fused tensors, else 1."""
+    if args.train_tp is not None:
+        return args.train_tp
+    hint = getattr(ckpt, "train_tp_hint", None)
+    if hint is None or args.fused_layout != "contiguous":
+        return 1
+    tp = hint([t.name for t in ckpt if getattr(fmap.rule_for(t.name)[0], "split", None)]) or 1
+    if tp > 1:
+        log(args, f"note: --train-tp {tp} from the strategy (fused tensors' rows are split {tp} ways)")
+    return tp
+
+
+def _write(out_path, kvs, infos, plan, args, fmap=None):
     folder = out_path.resolve().parent
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{out_path.name}.", suffix=".tmp")
     try:
@@ -123,6 +174,7 @@ def _write(out_path, kvs, infos, plan, args):
             writer.finish()
             f.flush()
             os.fsync(f.fileno())
+        _check_output(tmp_name, out_path, fmap)
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, out_path)
         return size
@@ -132,6 +184,18 @@ def _write(out_path, kvs, infos, plan, args):
         except FileNotFoundError:
             pass
         raise
+
+
+def _check_output(tmp_name, out_path, fmap):
+    """The new file must pass 'ms2gguf check' before it takes OUT's name."""
+    report = check.check_file(tmp_name, [fmap] if fmap is not None else None)
+    for problem in report.warnings:
+        if problem.kind != "file-type":     # the summary explains file_type 0
+            print(f"ms2gguf: warning: {out_path}: {problem.text}", file=sys.stderr)
+    if report.errors:
+        more = f" (and {len(report.errors) - 1} more problems)" if len(report.errors) > 1 else ""
+        raise ConvertError(f"{out_path}: the converted GGUF fails its check, so it was not written: "
+                           f"{report.errors[0].text}{more}")
 
 
 def _write_tensor(writer, out, info, bar):

@@ -16,8 +16,10 @@ CONFIG_NAMES = ("config.yaml", "config.json")
 
 
 def find_config(ckpt_path):
-    """A config file beside the checkpoint: config.yaml/config.json, else the only *.yaml there."""
-    folder = Path(ckpt_path).resolve().parent
+    """A config file beside the checkpoint (inside it, for a checkpoint directory): config.yaml/config.json,
+    else the only *.yaml there."""
+    path = Path(ckpt_path).resolve()
+    folder = path if path.is_dir() else path.parent
     for name in CONFIG_NAMES:
         if (folder / name).is_file():
             return folder / name
@@ -51,8 +53,35 @@ def read_config(path):
         config = model.get("model_config")
         if not isinstance(config, dict):
             raise ConvertError(f"{path}: MindFormers yaml without model.model_config")
-        return dict(config)
-    return data                         # HF config.json (or a bare model_config)
+        hf_config = _pretrained_config(path, data, config)
+        return {**hf_config, **config} if hf_config else dict(config)
+    return _flatten_rope_parameters(data)   # HF config.json (or a bare model_config)
+
+
+def _pretrained_config(yaml_path, data, model_config):
+    """An mcore yaml (MindFormers 1.6+) holds only layout and runtime settings; the architecture is in the HF
+    config.json of ``pretrained_model_dir`` (mindformers-layouts.md §7.3), or beside the yaml."""
+    folder = data.get("pretrained_model_dir") or model_config.get("pretrained_model_dir")
+    candidates = [Path(yaml_path).parent / "config.json"]
+    if isinstance(folder, str) and folder:
+        candidates.insert(0, (Path(yaml_path).parent / folder / "config.json"))
+    if data.get("use_legacy", True) is not False and not folder:
+        return None                     # a legacy yaml is complete by itself
+    for candidate in candidates:
+        if candidate.is_file():
+            return read_config(candidate)
+    if "hidden_size" not in model_config:
+        raise ConvertError(f"{yaml_path}: an mcore yaml without the model's architecture, and no HF config.json "
+                           f"in pretrained_model_dir ({folder}) or beside it; pass --config config.json")
+    return None
+
+
+def _flatten_rope_parameters(config):
+    """transformers 5 writes rope_theta inside "rope_parameters"; older configs keep it at the top level."""
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" not in config and "rope_theta" in rope:
+        return {**config, "rope_theta": rope["rope_theta"]}
+    return config
 
 
 def _llama_ffn(hidden_size, multiple_of, ffn_dim_multiplier):
@@ -108,7 +137,7 @@ def complete(hp, observed, config_path):
             raise ConvertError(f"{hp.source[name]} says {name} = {hp[name]}, but the checkpoint's {what} "
                                f"gives {value}")
 
-    for name in ("hidden_size", "num_layers", "vocab_size"):
+    for name in ("hidden_size", "num_layers", "vocab_size", "head_dim"):
         if name in observed:
             check(name, observed[name][0], observed[name][1])
     for name in ("hidden_size", "num_layers"):

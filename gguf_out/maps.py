@@ -69,6 +69,8 @@ class FamilyMap:
             self.arch = data["arch"]
             self.description = data.get("description", "")
             self.tokenizer = data.get("tokenizer", "sentencepiece")
+            self.tokenizer_pre = data.get("tokenizer_pre")             # llama.cpp pre-tokenizer name (BPE)
+            self.tokenizer_specials = data.get("tokenizer_specials", {})   # see gguf_out/vocab_bpe.py
             self.rope_permute = bool(data.get("rope_permute", False))
             self.config_keys = data.get("config", {})
             self.defaults = data.get("defaults", {})
@@ -76,23 +78,43 @@ class FamilyMap:
             self.rules = [Rule(spec, where) for spec in data["tensors"]]
             self.shapes = data.get("shapes", {})
             self.required = data.get("required", [])
+            # {"qkv"|"gate_up": {"default": layout, "flags": {config key: [layout if true, layout if false]}}}
+            self.fused_layout = data.get("fused_layout", {})
+            self.generated = data.get("generated", {})     # {GGUF tensor: generator name in generated.py}
+            self.detect = data.get("detect", {})           # hints for choosing this map (detect.py)
+            self.chat_template = data.get("chat_template")  # default built-in chat format (templates.py)
             skip = data.get("skip", {})
         except (KeyError, TypeError) as err:
             raise ConvertError(f"{where}: malformed map (missing or wrong entry {err})") from None
+        if not isinstance(self.tokenizer_pre, (str, type(None))) or not isinstance(self.tokenizer_specials, dict):
+            raise ConvertError(f"{where}: 'tokenizer_pre' must be a string and 'tokenizer_specials' an object")
+        self._check_fused_layout(where)
+        from .templates import FORMATS, lookup
+        if self.chat_template is not None and lookup(self.chat_template) is None:
+            raise ConvertError(f"{where}: unknown chat_template '{self.chat_template}' "
+                               f"(built-in: {', '.join(FORMATS)})")
         self.skip_groups = set(skip.get("groups", []))
         self.skip_names = list(skip.get("names", []))
         self._check_against_gguf(where)
+
+    def _check_fused_layout(self, where):
+        layouts = ("interleaved", "contiguous")
+        for kind, spec in self.fused_layout.items():
+            flags = spec.get("flags", {}) if isinstance(spec, dict) else None
+            if (kind not in SPLITS or not isinstance(flags, dict) or spec.get("default", "interleaved") not in layouts
+                    or any(not isinstance(v, list) or len(v) != 2 or set(v) - set(layouts) for v in flags.values())):
+                raise ConvertError(f"{where}: bad fused_layout entry '{kind}' (want {{\"default\": layout, \"flags\": "
+                                   f"{{config key: [layout if true, layout if false]}}}} for {' or '.join(SPLITS)})")
 
     def _check_against_gguf(self, where):
         archs = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
         if self.arch not in archs:
             raise ConvertError(f"{where}: unknown GGUF architecture '{self.arch}'")
         allowed = {gguf.TENSOR_NAMES[t].replace("{bid}", "{i}") for t in gguf.MODEL_TENSORS[archs[self.arch]]}
-        for rule in self.rules:
-            for target in rule.targets:
-                base = target.rsplit(".", 1)[0]
-                if base not in allowed:
-                    raise ConvertError(f"{where}: '{target}' is not a tensor of GGUF architecture '{self.arch}'")
+        for target in [t for rule in self.rules for t in rule.targets] + list(self.generated):
+            base = target.rsplit(".", 1)[0]
+            if base not in allowed:
+                raise ConvertError(f"{where}: '{target}' is not a tensor of GGUF architecture '{self.arch}'")
 
     def rule_for(self, name):
         """(rule, layer) for a checkpoint name, or (None, None)."""

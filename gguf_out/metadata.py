@@ -38,7 +38,7 @@ def tokenizer_kvs(vocab):
     if vocab.merges:
         kvs.append((Keys.Tokenizer.MERGES, KV.array(V.STRING, vocab.merges)))
     ids = {"bos": Keys.Tokenizer.BOS_ID, "eos": Keys.Tokenizer.EOS_ID, "unk": Keys.Tokenizer.UNK_ID,
-           "pad": Keys.Tokenizer.PAD_ID}
+           "pad": Keys.Tokenizer.PAD_ID, "eot": Keys.Tokenizer.EOT_ID}
     for name, key in ids.items():
         if name in vocab.special:
             kvs.append((key, KV.u32(vocab.special[name])))

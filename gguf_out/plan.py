@@ -10,14 +10,15 @@ from dataclasses import dataclass, field
 
 from msckpt.classify import GROUP_TITLES, group_of
 
-from . import encode, hparams, transforms
+from . import encode, generated, hparams, transforms
 from .errors import ConvertError
+from .maps import SPLITS
 
 
 @dataclass
 class Output:
     name: str
-    source: object            # msckpt Tensor
+    source: object            # msckpt Tensor, or a generated.GeneratedTensor computed from the config
     rows: object              # np.ndarray of source rows, or None for all rows in order
     shape: tuple
     ggml_type: int = 0
@@ -44,7 +45,7 @@ class Plan:
 class Options:
     outtype: str = "f16"
     rope_layout: str = "hf"           # "hf": rotate_half (MindFormers >= r0.7), "meta": interleaved (<= r0.6)
-    fused_layout: str = "interleaved"  # MindFormers >= 1.4 w_qkv / w_gate_hidden; "contiguous" up to 1.3
+    fused_layout: str | None = None    # None: from the config's layout flags, else the map's default (fused_layouts)
     train_tp: int = 1                  # tensor-parallel degree of training (rank-blocked contiguous tensors)
 
 
@@ -103,19 +104,24 @@ def build(ckpt, fmap, config, config_path, options):
     hp = hparams.resolve(fmap, config, config_path)
     hparams.complete(hp, _observe(mapped, fmap, ckpt.path), config_path)
     num_layers = int(hp["num_layers"])
+    layouts = fused_layouts(fmap, config, options)
 
-    outputs = []
+    outputs = [Output(t.name, t, None, t.shape, transform=f"generated: {t.what}")
+               for t in generated.tensors(fmap, hp, config, config_path)]
     permute = fmap.rope_permute and options.rope_layout == "hf"
-    for tensor, rule, layer in mapped:
+    # map order, layer by layer: the GGUF does not depend on the order of the checkpoint's files and records
+    order = {id(rule): k for k, rule in enumerate(fmap.rules)}
+    for tensor, rule, layer in sorted(mapped, key=lambda m: (m[2], order[id(m[1])])):
         if layer >= num_layers:
             raise ConvertError(f"{ckpt.path}: '{tensor.name}' is layer {layer}, but the model has {num_layers} "
                                "layers")
-        for name, rows, what in _target_rows(tensor, rule, layer, hp, options, permute, ckpt.path):
+        for name, rows, what in _target_rows(tensor, rule, layer, hp, options, layouts, permute, ckpt.path):
             shape = (len(rows),) + tuple(tensor.shape[1:]) if rows is not None else tuple(tensor.shape)
             outputs.append(Output(name, tensor, rows, shape, transform=what))
 
     _check_outputs(outputs, fmap, hp, num_layers, ckpt.path)
-    notes = []
+    _check_untied_output(outputs, fmap, hp, ckpt.path)
+    notes = _config_notes(config, config_path)
     for out in outputs:
         out.ggml_type, out.note = encode.choose_type(out.shape, options.outtype)
         if out.note:
@@ -123,25 +129,57 @@ def build(ckpt, fmap, config, config_path, options):
     return Plan(outputs, skipped, hp, num_layers, notes)
 
 
-def _target_rows(tensor, rule, layer, hp, options, permute, ckpt_path):
+def fused_layouts(fmap, config, options):
+    """Row layout of each kind of fused tensor ("qkv", "gate_up"): --fused-layout if given, else the first of the
+    map's config flags the config sets (e.g. use_contiguous_weight_layout_attention), else the map's default."""
+    layouts = {}
+    for kind in SPLITS:
+        spec = fmap.fused_layout.get(kind, {})
+        layout = options.fused_layout
+        for flag, (if_true, if_false) in spec.get("flags", {}).items():
+            if layout is None and isinstance(config.get(flag), bool):
+                layout = if_true if config[flag] else if_false
+        layouts[kind] = layout or spec.get("default", "interleaved")
+    return layouts
+
+
+def _check_untied_output(outputs, fmap, hp, ckpt_path):
+    """Without output.weight llama.cpp ties the output to token_embd: only right if the model was tied."""
+    sources = [rule.source for rule in fmap.rules if "output.weight" in rule.targets]
+    if hp.get("tie_word_embeddings") is False and sources and not any(o.name == "output.weight" for o in outputs):
+        raise ConvertError(f"{ckpt_path}: no {' / '.join(sources)}, but {hp.source['tie_word_embeddings']} is "
+                           "false; without it llama.cpp would reuse the token embedding as the output projection")
+
+
+def _config_notes(config, config_path):
+    """Warnings about config settings the GGUF cannot carry."""
+    window = config.get("sliding_window")
+    if config.get("use_sliding_window") or (window and "use_sliding_window" not in config):
+        return [f"{config_path}: sliding-window attention (sliding_window {window}) is ignored; llama.cpp runs "
+                "this architecture with full attention, which differs only beyond the window"]
+    return []
+
+
+def _target_rows(tensor, rule, layer, hp, options, layouts, permute, ckpt_path):
     names = rule.target_names(layer)
     n_rows = tensor.shape[0] if tensor.shape else 0
+    layout = layouts.get(rule.split)
     if rule.split == "qkv":
         expected = hp["q_width"] + 2 * hp["kv_width"]
         if n_rows != expected:
             raise ConvertError(f"{ckpt_path}: fused '{tensor.name}' has {n_rows} rows; num_heads {hp['num_heads']}, "
                                f"num_kv_heads {hp['num_kv_heads']} and head_dim {hp['head_dim']} need {expected}")
-        _check_tp(options.train_tp, (hp["num_heads"], hp["num_kv_heads"]), options.fused_layout)
+        _check_tp(options.train_tp, (hp["num_heads"], hp["num_kv_heads"]), layout)
         parts = transforms.split_qkv_rows(hp["num_heads"], hp["num_kv_heads"], hp["head_dim"],
-                                          options.fused_layout, options.train_tp)
-        what = [f"split {options.fused_layout} QKV: {p}" for p in ("Q", "K", "V")]
+                                          layout, options.train_tp)
+        what = [f"split {layout} QKV: {p}" for p in ("Q", "K", "V")]
     elif rule.split == "gate_up":
         if n_rows != 2 * hp["ffn_size"]:
             raise ConvertError(f"{ckpt_path}: fused '{tensor.name}' has {n_rows} rows; ffn size "
                                f"{hp['ffn_size']} needs {2 * hp['ffn_size']}")
-        _check_tp(options.train_tp, (hp["ffn_size"],), options.fused_layout)
-        parts = transforms.split_gate_up_rows(hp["ffn_size"], options.fused_layout, options.train_tp)
-        what = [f"split {options.fused_layout} gate/up: {p}" for p in ("gate", "up")]
+        _check_tp(options.train_tp, (hp["ffn_size"],), layout)
+        parts = transforms.split_gate_up_rows(hp["ffn_size"], layout, options.train_tp)
+        what = [f"split {layout} gate/up: {p}" for p in ("gate", "up")]
     else:
         parts, what = [None], [""]
 

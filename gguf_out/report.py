@@ -53,6 +53,7 @@ def describe(ckpt, check_crc=True):
         "per_dtype": dict(per_dtype),
         "per_group": {g: per_group[g] for g in GROUPS if g in per_group},
         "entries": entries,
+        "distributed": ckpt.distributed_info() if hasattr(ckpt, "distributed_info") else None,
     }
 
 
@@ -104,6 +105,7 @@ def format_text(info):
                 extra = f"  ({e['note']})"
             lines.append(f"  {e['name']:<{width}}  {e['dtype']:<12} {shape:<18} {e['bytes']:>14,} "
                          f"{e['records']:>7}{extra}")
+    lines += distributed_lines(info.get("distributed"))
     lines.append("")
     lines.append("per dtype:")
     for dtype, stats in sorted(info["per_dtype"].items()):
@@ -118,3 +120,29 @@ def crc_problem(info):
         return CheckpointError(info["file"], f"CRC mismatch: the file stores {crc['stored']} but its content "
                                f"gives {crc['computed']}")
     return None
+
+
+def distributed_lines(dist):
+    """The ranks and per-parameter layouts of a distributed checkpoint (rank_N/ shards merged on the fly)."""
+    if not dist:
+        return []
+    ranks = dist["ranks"]
+    lines = ["", f"distributed: {len(ranks)} ranks ({dist['stages']} pipeline stage(s) x "
+                 f"{dist['devices_per_stage']} devices), step {dist['step'] or '-'}, strategy {dist['strategy']}"]
+    for r in ranks:
+        lines.append(f"  rank_{r['rank']:<4} {r['file']}  {r['size']:,} bytes")
+    layouts = dist["layouts"]
+    if layouts:
+        width = min(max(max(len(e["name"]) for e in layouts), 4), 80)
+        lines.append("")
+        lines.append(f"sharded parameters: {len(layouts)}")
+        lines.append(f"  {'name':<{width}}  stage {'dev_matrix':<12} {'tensor_map':<16} {'opt step/size':<13} "
+                     "shard -> merged shape")
+        for e in layouts:
+            opt = f"{e['opt_shard_step']}/{e['opt_shard_size']}" if e["opt_shard_size"] else "-"
+            lines.append(f"  {e['name']:<{width}}  {e['stage']:>5} {str(e['dev_matrix']):<12} "
+                         f"{e['tensor_map']:<16} {opt:<13} {'x'.join(map(str, e['shard_shape'])) or 'scalar'} -> "
+                         f"{'x'.join(map(str, e['shape'])) or 'scalar'}")
+    if dist["unsharded"]:
+        lines.append(f"not in the strategy (taken from rank_0): {', '.join(dist['unsharded'])}")
+    return lines

@@ -24,7 +24,7 @@ class Vocab:
     tokens: list
     scores: list
     types: list
-    special: dict = field(default_factory=dict)    # "bos"/"eos"/"unk"/"pad" -> id
+    special: dict = field(default_factory=dict)    # "bos"/"eos"/"eot"/"unk"/"pad" -> id
     add_bos: bool | None = None
     add_eos: bool | None = None
     add_space_prefix: bool | None = None
@@ -35,23 +35,48 @@ class Vocab:
     source: str = ""
 
 
-TOKENIZER_FILES = ("tokenizer.model",)
+# tokenizer files per map kind, in order of preference ("bpe": byte-level BPE, see vocab_bpe.py)
+TOKENIZER_FILES = {
+    "sentencepiece": ("tokenizer.model",),
+    "bpe": ("tokenizer.json", "vocab.json", "*.tiktoken", "tokenizer.model"),
+}
+TOKENIZER_FILES[None] = ("tokenizer.model", "tokenizer.json", "vocab.json", "*.tiktoken")
 
 
-def find_tokenizer(ckpt_path):
-    """A tokenizer file beside the checkpoint (or inside it, for a checkpoint directory)."""
+def find_tokenizer(ckpt_path, kind=None):
+    """A tokenizer file of the given kind beside the checkpoint (or inside it, for a checkpoint directory)."""
     path = Path(ckpt_path).resolve()
-    folder = path if path.is_dir() else path.parent
-    for name in TOKENIZER_FILES:
-        if (folder / name).is_file():
-            return folder / name
+    return _tokenizer_in(path if path.is_dir() else path.parent, kind)
+
+
+def _tokenizer_in(folder, kind):
+    for pattern in TOKENIZER_FILES.get(kind, TOKENIZER_FILES[None]):
+        found = sorted(p for p in folder.glob(pattern) if p.is_file())
+        if found:
+            return found[0]
     return None
 
 
 def load_tokenizer(path, family_map):
-    """The GGUF vocabulary for the tokenizer kind the family map names."""
-    if family_map.tokenizer == "sentencepiece":
+    """The GGUF vocabulary for the tokenizer kind the family map names (``path`` may be a directory)."""
+    kind = family_map.tokenizer
+    path = Path(path)
+    if path.is_dir() or path.name == "tokenizer_config.json":
+        folder = path if path.is_dir() else path.parent
+        path = _tokenizer_in(folder, kind)
+        if path is None:
+            raise ConvertError(f"{folder}: no tokenizer file in it (looked for "
+                               f"{', '.join(TOKENIZER_FILES.get(kind, TOKENIZER_FILES[None]))})")
+    if kind == "sentencepiece":
+        from .vocab_bpe import is_tiktoken
+        if path.suffix == ".json" or path.suffix == ".tiktoken" or is_tiktoken(path):
+            raise ConvertError(f"{path}: a byte-level BPE tokenizer, but the map '{family_map.family}' expects a "
+                               "SentencePiece tokenizer.model")
         return load_sentencepiece(path)
+    if kind == "bpe":
+        from .vocab_bpe import load_bpe
+        return load_bpe(path, family_map.tokenizer_pre, family_map.tokenizer_specials,
+                        f"the map '{family_map.family}'")
     raise ConvertError(f"{family_map.path}: unsupported tokenizer kind '{family_map.tokenizer}'")
 
 

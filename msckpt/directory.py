@@ -8,10 +8,10 @@ from .errors import CheckpointError
 def open_directory(path, **options):
     folder = Path(path)
     if any(p.is_dir() and p.name.startswith("rank_") for p in folder.iterdir()):
-        raise CheckpointError(path, "is a distributed checkpoint directory (rank_*/); merging shards is not "
-                              "supported yet")
+        from .distributed import open_distributed
+        return open_distributed(path, **options)
     if any(folder.glob("*.safetensors")):
-        raise CheckpointError(path, "is a directory of safetensors files; reading several files as one "
-                              "checkpoint is not supported yet")
+        from .multifile import open_safetensors_dir
+        return open_safetensors_dir(path)
     raise CheckpointError(path, "is a directory, not a checkpoint file (expected rank_*/ shards or "
                           "*.safetensors files)")

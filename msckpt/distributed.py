@@ -1,0 +1,413 @@
+"""A distributed checkpoint directory (``rank_N/`` shards + strategy) read as one checkpoint.
+
+Each rank file holds its shards under the full parameter names; the strategy says where each shard sits
+(ckpt-format.md §11). Nothing is merged up front: a parameter becomes a MergedTensor that knows which shard
+covers which block of the full tensor, and reads shards (through each rank's streaming reader, kept open) only
+when asked, so at most one full tensor - or just a band of its rows - is in memory at a time.
+"""
+
+import os
+import re
+from math import prod
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import Checkpoint, open_checkpoint
+from .errors import CheckpointError
+from .strategy import load_strategy
+
+_RANK_DIR = re.compile(r"^rank_(\d+)$")
+_STEP_SUFFIX = re.compile(r"-(\d+)_(\d+)$")       # MindSpore / MindFormers: <prefix>-<epoch>_<step>.ckpt
+EXTENSIONS = (".ckpt", ".safetensors")
+
+
+def rank_dirs(folder):
+    """{rank: directory} for the ``rank_<N>`` subdirectories of ``folder``."""
+    out = {}
+    for p in Path(folder).iterdir():
+        m = _RANK_DIR.match(p.name)
+        if m and p.is_dir():
+            out[int(m.group(1))] = p
+    return out
+
+
+def is_distributed(folder):
+    return bool(rank_dirs(folder))
+
+
+def find_strategy(folder):
+    """The strategy beside the shards: ``CKPT_DIR/strategy*`` or MindFormers' ``CKPT_DIR/../strategy/``."""
+    folder = Path(folder)
+    here = sorted(p for p in folder.iterdir()
+                  if p.name.startswith("strategy") and (p.is_dir() or p.suffix in (".ckpt", ".json")))
+    if len(here) > 1:
+        raise CheckpointError(folder, f"several strategy candidates ({', '.join(p.name for p in here)}); pass "
+                              "--strategy FILE_OR_DIR")
+    if here:
+        return here[0]
+    up = folder.absolute().parent / "strategy"
+    if up.is_dir():
+        return up
+    raise CheckpointError(folder, "is a distributed checkpoint (rank_*/) but no strategy file was found (looked "
+                          "for strategy* inside it and for ../strategy/); pass --strategy FILE_OR_DIR")
+
+
+def open_distributed(path, strategy=None, step=None, dec_key=None, dec_mode="AES-GCM", verify_crc=False,
+                     tmp_dir=None):
+    """Open ``path/rank_N/*.ckpt`` as one checkpoint whose sharded parameters are MergedTensors.
+
+    ``strategy``: strategy file or directory (default: found beside the shards). ``step``: which saved step to
+    read when a rank directory holds several (``N`` or ``EPOCH_N``; default: the newest all ranks have).
+    """
+    folder = Path(path)
+    ranks = rank_dirs(folder)
+    if not ranks:
+        raise CheckpointError(folder, "has no rank_<N>/ directories")
+    strategy_path = Path(strategy) if strategy is not None else find_strategy(folder)
+    strat = load_strategy(strategy_path)
+    expected = strat.devices
+    missing = [r for r in range(expected) if r not in ranks]
+    extra = sorted(r for r in ranks if r >= expected)
+    shape = f"{len(strat.stages)} stage(s) x {strat.stage_devices} devices"
+    if missing:
+        raise CheckpointError(folder, f"rank_{missing[0]}/ is missing{_more(missing, 'rank_')} (the strategy "
+                              f"{strategy_path} describes {expected} ranks: {shape})")
+    if extra:
+        raise CheckpointError(folder, f"holds rank_{extra[0]}/{_more(extra, 'rank_')} but the strategy "
+                              f"{strategy_path} describes only {expected} ranks ({shape}); is a pipeline "
+                              "stage's strategy file missing?")
+    files, label = pick_files(folder, ranks, step)
+    ckpts = {}
+    try:
+        for rank in range(expected):
+            ckpts[rank] = open_checkpoint(files[rank], dec_key=dec_key, dec_mode=dec_mode, verify_crc=verify_crc,
+                                          tmp_dir=tmp_dir)
+        tensors = _assemble(strat, ckpts, files)
+    except BaseException:
+        for ckpt in ckpts.values():
+            ckpt.close()
+        raise
+    return DistributedCheckpoint(folder, tensors, strat, files, ckpts, label)
+
+
+def _more(items, prefix):
+    return f" (and {', '.join(f'{prefix}{i}' for i in items[1:4])}{', ...' if len(items) > 4 else ''})" \
+        if len(items) > 1 else ""
+
+
+def _step_of(file):
+    m = _STEP_SUFFIX.search(file.stem)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _parse_step(step, folder):
+    text = str(step).strip()
+    m = re.fullmatch(r"(?:(\d+)_)?(\d+)", text)
+    if not m:
+        raise CheckpointError(folder, f"bad step {step!r}: give N or EPOCH_N (from <prefix>-EPOCH_N.ckpt)")
+    return (int(m.group(1)) if m.group(1) else None, int(m.group(2)))
+
+
+def _step_text(key):
+    return f"{key[0]}_{key[1]}" if key else "unnumbered"
+
+
+def pick_files(folder, ranks, step=None):
+    """({rank: file}, "EPOCH_STEP" or None): the checkpoint each rank directory contributes."""
+    per_rank = {}
+    for rank, d in sorted(ranks.items()):
+        files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix in EXTENSIONS)
+        if not files:
+            raise CheckpointError(d, "holds no .ckpt or .safetensors checkpoint")
+        per_rank[rank] = {f: _step_of(f) for f in files}
+
+    def one(rank, matches, what):
+        if len(matches) > 1:
+            raise CheckpointError(ranks[rank], f"holds several checkpoints for {what} "
+                                  f"({', '.join(f.name for f in matches)}); keep one")
+        return matches[0]
+
+    if step is not None:
+        epoch, number = _parse_step(step, folder)
+        chosen = {}
+        for rank, files in per_rank.items():
+            matches = [f for f, k in files.items() if k and k[1] == number and epoch in (None, k[0])]
+            if not matches:
+                found = ", ".join(_step_text(k) for k in files.values())
+                raise CheckpointError(ranks[rank], f"has no checkpoint for step {step} (found: {found})")
+            chosen[rank] = one(rank, matches, f"step {step} (pass --step EPOCH_N)")
+        return chosen, _step_text(_step_of(chosen[0]))
+
+    if all(len(files) == 1 for files in per_rank.values()):
+        chosen = {rank: next(iter(files)) for rank, files in per_rank.items()}
+        keys = {rank: _step_of(f) for rank, f in chosen.items()}
+        for rank, key in keys.items():
+            if key != keys[0]:
+                raise CheckpointError(folder, f"ranks hold different steps: {chosen[0].name} in rank_0/ but "
+                                      f"{chosen[rank].name} in rank_{rank}/")
+        return chosen, (_step_text(keys[0]) if keys[0] else None)
+
+    for rank, files in per_rank.items():
+        if len(files) > 1 and any(k is None for k in files.values()):
+            raise CheckpointError(ranks[rank], f"holds several checkpoints ({', '.join(f.name for f in files)}) "
+                                  "not all named <prefix>-<epoch>_<step>; keep one or pass --step")
+    common = set.intersection(*(set(files.values()) for files in per_rank.values()))
+    if not common:
+        raise CheckpointError(folder, "the rank directories have no saved step in common; pass --step")
+    newest = max(common)
+    chosen = {rank: one(rank, [f for f, k in files.items() if k == newest], f"step {_step_text(newest)}")
+              for rank, files in per_rank.items()}
+    return chosen, _step_text(newest)
+
+
+def _assemble(strat, ckpts, files):
+    """The checkpoint's entries in rank 0's order (then entries only later ranks hold)."""
+    by_rank = {rank: {t.name: t for t in ckpt} for rank, ckpt in ckpts.items()}
+    order = {}
+    for rank in sorted(ckpts):
+        for t in ckpts[rank]:
+            order.setdefault(t.name, rank)
+    out = []
+    for name in order:
+        layout = strat.get(name)
+        if layout is not None:
+            out.append(_merged(name, layout, strat, by_rank, files))
+            continue
+        # not sharded: identical on every rank holding it (global_step, learning_rate, ...); take rank 0's
+        holders = [rank for rank in sorted(by_rank) if name in by_rank[rank]]
+        if holders[0] != 0:
+            raise CheckpointError(files[holders[0]], f"'{name}' is neither in the strategy nor in rank_0/; is a "
+                                  "pipeline stage's strategy file missing?")
+        first = by_rank[0][name]
+        for rank in holders[1:]:
+            t = by_rank[rank][name]
+            if t.shape != first.shape or t.dtype != first.dtype:
+                raise CheckpointError(files[rank], f"'{name}' is not in the strategy, so it should be the same on "
+                                      f"every rank, but it is {_what(t)} here and {_what(first)} in {files[0]}")
+        out.append(first)
+    return out
+
+
+def _what(t):
+    return f"{t.dtype.name if t.dtype else t.kind} {list(t.shape)}"
+
+
+def _merged(name, layout, strat, by_rank, files):
+    """A MergedTensor: shard shapes checked against the layout, each shard's block in the full tensor fixed."""
+    devices = strat.stage_devices
+    first_rank = layout.stage * devices
+    stage_ranks = range(first_rank, first_rank + devices)
+    missing = [rank for rank in stage_ranks if name not in by_rank[rank]]
+    if missing:
+        raise CheckpointError(files[missing[0]], f"has no '{name}', which the strategy places on pipeline stage "
+                              f"{layout.stage} (ranks {stage_ranks[0]}-{stage_ranks[-1]}); checkpoints saved with "
+                              "remove_redundancy=True are not supported")
+    reason = layout.unsupported()
+    if reason:
+        raise CheckpointError(layout.source, f"parameter '{name}': {reason}")
+    shards = [by_rank[rank][name] for rank in stage_ranks]
+    first = shards[0]
+    if first.kind != "tensor":
+        raise CheckpointError(files[first_rank], f"'{name}' is a {first.kind} entry but the strategy lays it out "
+                              "as a tensor")
+    for rank, t in zip(stage_ranks, shards):
+        if t.shape != first.shape or t.dtype != first.dtype:
+            raise CheckpointError(files[rank], f"shard of '{name}' is {_what(t)} here but {_what(first)} in "
+                                  f"{files[first_rank]}; all shards of a parameter must have the same shape")
+    shape = tuple(first.shape)
+    if len(shape) != len(layout.tensor_map):
+        raise CheckpointError(layout.source, f"parameter '{name}': tensor map {layout.map_text()} has "
+                              f"{len(layout.tensor_map)} axes but the shard in {files[first_rank]} has "
+                              f"{len(shape)} ({list(shape)})")
+    size, step = layout.opt_size, layout.opt_shard_step
+    if size > 1 and (not shape or layout.replicas % size):
+        raise CheckpointError(layout.source, f"parameter '{name}': optimizer shard size {size} does not fit "
+                              f"{layout.replicas} replica(s) of a {len(shape)}-axis tensor ({layout.describe()})")
+    full = [n * p for n, p in zip(shape, layout.parts)]
+    if full:
+        full[0] *= size
+    if layout.full_shape is not None and tuple(full) != tuple(layout.full_shape):
+        raise CheckpointError(layout.source, f"parameter '{name}': the strategy gives tensor_shape "
+                              f"{list(layout.full_shape)} but its shards ({list(shape)} in {files[first_rank]}) "
+                              f"merge to {full}")
+
+    tiles, seen = [], set()
+    for local in range(devices):
+        index = layout.slice_index(local)
+        if index in seen:
+            continue                        # a replica of a slice already placed
+        seen.add(index)
+        offset = [i * n for i, n in zip(index, shape)]
+        if size == 1:
+            tiles.append((shards[local], tuple(offset)))
+            continue
+        # undo optimizer sharding: the slice is the axis-0 concatenation of the group's pieces (§11.4 step 1)
+        base = local - layout.opt_piece(local) * step
+        for piece in range(size):
+            member = base + piece * step
+            if not (0 <= member < devices and layout.slice_index(member) == index):
+                raise CheckpointError(layout.source, f"parameter '{name}': the optimizer shard group of rank "
+                                      f"{first_rank + local} ({layout.describe()}) would include rank "
+                                      f"{first_rank + member}, which does not hold the same model-parallel slice")
+            tiles.append((shards[member], (index[0] * shape[0] * size + piece * shape[0],) + tuple(offset[1:])))
+    return MergedTensor(name, first.dtype, tuple(full), layout, tiles,
+                        ranks=[first_rank + r for r in range(devices)])
+
+
+class MergedTensor:
+    """A parameter assembled from shards in several rank files; the msckpt Tensor reading interface.
+
+    ``tiles`` are (shard Tensor, offset of its block in the full tensor). Shards are read only by
+    ``array()`` / ``rows()``; ``rows()`` reads just the shard rows that cover the requested band.
+    """
+    kind = "tensor"
+    offset = 0
+    source = None
+
+    def __init__(self, name, dtype, shape, layout, tiles, ranks=()):
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.layout = layout
+        self.tiles = sorted(tiles, key=lambda tile: tile[1])
+        self.ranks = list(ranks)
+
+    def __repr__(self):
+        return f"MergedTensor({self.name!r}, {self.dtype.name}, {list(self.shape)}, {self.layout.describe()})"
+
+    @property
+    def shard_shape(self):
+        return tuple(self.tiles[0][0].shape)
+
+    @property
+    def records(self):
+        return sum(shard.records for shard, _ in self.tiles)
+
+    @property
+    def n_elements(self):
+        return prod(self.shape)
+
+    @property
+    def nbytes(self):
+        return self.n_elements * self.dtype.itemsize
+
+    def byte_ranges(self):
+        return None          # assembled from several files: no single byte range to copy
+
+    def array(self):
+        """The full merged tensor (a new array; BFloat16 as raw uint16 bits like Tensor.array())."""
+        if not self.shape:
+            return np.array(self.tiles[0][0].array())
+        return self.rows(0, self.shape[0])
+
+    def rows(self, start, stop):
+        """Rows [start, stop) along axis 0, read from only the shards that cover them."""
+        start, stop = max(0, start), min(stop, self.shape[0])
+        out = np.empty((max(0, stop - start),) + tuple(self.shape[1:]), self.dtype.np_dtype)
+        for shard, offset in self.tiles:
+            lo, hi = max(start, offset[0]), min(stop, offset[0] + shard.shape[0])
+            if lo >= hi:
+                continue
+            if tuple(shard.shape[1:]) == tuple(self.shape[1:]):     # full-width rows: read straight into place
+                _read_rows(shard, lo - offset[0], hi - offset[0], out[lo - start:hi - start])
+                continue
+            block = (slice(lo - start, hi - start),) + tuple(slice(o, o + n)
+                                                             for o, n in zip(offset[1:], shard.shape[1:]))
+            out[block] = _read_rows(shard, lo - offset[0], hi - offset[0])
+        return out
+
+    def raw(self):
+        return self.array().tobytes()
+
+    def string(self):
+        raise TypeError(f"{self.name} is not a string entry")
+
+    def value(self):
+        """A Python value for a one-element tensor."""
+        if self.n_elements != 1 or self.dtype.kind == "raw":
+            raise TypeError(f"{self.name} is not a scalar")
+        value = self.array().reshape(())
+        if self.dtype.name == "BFloat16":
+            return float((value.astype(np.uint32) << 16).view(np.float32))
+        return value.item()
+
+
+def _read_rows(shard, lo, hi, out=None):
+    """Rows [lo, hi) of a shard, read with pread from its file rather than through the memory map: merging
+    touches every shard once, and mapped pages would stay resident in the process (its RSS would grow to the
+    size of all shards) while pread leaves them to the page cache."""
+    if out is None:
+        out = np.empty((hi - lo,) + tuple(shard.shape[1:]), shard.dtype.np_dtype)
+    buf = memoryview(out.reshape(-1).view(np.uint8))
+    row = len(buf) // max(1, hi - lo)
+    want_lo, want_hi = lo * row, hi * row
+    fd, pos = shard.source.fileno(), 0
+    for off, n in shard.byte_ranges():
+        a, b = max(pos, want_lo), min(pos + n, want_hi)
+        while a < b:
+            got = os.preadv(fd, [buf[a - want_lo:b - want_lo]], off + a - pos)
+            if got <= 0:
+                raise CheckpointError(shard.source.path, f"file ends inside '{shard.name}'", off + a - pos)
+            a += got
+        pos += n
+        if pos >= want_hi:
+            break
+    return out
+
+
+class DistributedCheckpoint(Checkpoint):
+    """The merged view of a ``rank_N/`` directory; closes every rank file on ``close()``."""
+
+    def __init__(self, folder, tensors, strategy, files, ckpts, step):
+        sources = [s for ckpt in ckpts.values() for s in ckpt.sources]
+        super().__init__(folder, None, "distributed", tensors, sources=sources)
+        self.strategy = strategy
+        self.rank_files = files          # {rank: path of the checkpoint read}
+        self.rank_checkpoints = ckpts    # {rank: open Checkpoint}
+        self.step = step                 # "EPOCH_STEP" of the files read, or None
+        self.encrypted = next((c.encrypted for c in ckpts.values() if c.encrypted), None)
+
+    def layout_of(self, name):
+        t = self.get(name)
+        return t.layout if isinstance(t, MergedTensor) else None
+
+    def train_tp_hint(self, names):
+        """Tensor-parallel degree of training as the strategy shows it: how many model-parallel blocks the
+        rows (axis 0) of the given fused tensors are split into. None when none of them is split-mapped."""
+        splits = {}
+        for name in names:
+            layout = self.layout_of(name)
+            if layout is not None and layout.tensor_map:
+                splits[name] = layout.parts[0]
+        if not splits:
+            return None
+        values = sorted(set(splits.values()))
+        if len(values) > 1:
+            examples = ", ".join(f"'{n}' {p}" for n, p in list(splits.items())[:4])
+            raise CheckpointError(self.path, f"fused tensors have their rows split into different numbers of "
+                                  f"blocks ({examples}); pass --train-tp")
+        return values[0]
+
+    def distributed_info(self):
+        """JSON-ready facts for ``ms2gguf inspect``: ranks, strategy, and each sharded parameter's layout."""
+        layouts = []
+        for t in self.tensors:
+            if not isinstance(t, MergedTensor):
+                continue
+            lay = t.layout
+            layouts.append({"name": t.name, "stage": lay.stage, "dev_matrix": list(lay.dev_matrix),
+                            "tensor_map": lay.map_text(), "opt_shard_step": lay.opt_shard_step,
+                            "opt_shard_size": lay.opt_shard_size, "replicas": lay.replicas,
+                            "shard_shape": list(t.shard_shape), "shape": list(t.shape)})
+        return {
+            "strategy": self.strategy.path,
+            "strategy_files": [str(f) for f in self.strategy.files],
+            "stages": len(self.strategy.stages),
+            "devices_per_stage": self.strategy.stage_devices,
+            "step": self.step,
+            "ranks": [{"rank": r, "file": str(f), "size": self.rank_checkpoints[r].file_size}
+                      for r, f in sorted(self.rank_files.items())],
+            "unsharded": [t.name for t in self.tensors if not isinstance(t, MergedTensor)],
+            "layouts": layouts,
+        }

@@ -126,7 +126,8 @@ def run(args):
             fmap = detect.choose_map(ckpt, config, config_path, args.tokenizer)
             log(args, f"map: {fmap.family} ({fmap.path}), chosen from the tensor names and {config_path}")
             tokenizer_path = _tokenizer_path(args, fmap)
-        options = planning.Options(args.outtype, args.rope_layout, args.fused_layout, _train_tp(args, ckpt, fmap))
+        options = planning.Options(args.outtype, args.rope_layout, args.fused_layout,
+                                   _train_tp(args, ckpt, fmap, config))
         plan = planning.build(ckpt, fmap, config, config_path, options)
         vocab = vocabulary.load_tokenizer(tokenizer_path, fmap)
         vocabulary.pad_to(vocab, int(plan.hp["vocab_size"]))
@@ -145,13 +146,19 @@ def run(args):
     return modelfile.after_conversion(args, out_path, plan, vocab, chat, lambda text: log(args, text))
 
 
-def _train_tp(args, ckpt, fmap):
+def _train_tp(args, ckpt, fmap, config):
     """--train-tp, else (contiguous fused tensors only: the others are the same for any degree) what a
     distributed checkpoint's strategy shows for its fused tensors, else 1."""
+    layouts = planning.fused_layouts(fmap, config, planning.Options(fused_layout=args.fused_layout))
+    contiguous = "contiguous" in layouts.values()
     if args.train_tp is not None:
+        if args.train_tp > 1 and not contiguous:
+            raise ConvertError("--train-tp only matters for contiguous fused tensors (--fused-layout contiguous, "
+                               "or the config's layout flags); interleaved layouts are the same for any "
+                               "tensor-parallel degree")
         return args.train_tp
     hint = getattr(ckpt, "train_tp_hint", None)
-    if hint is None or args.fused_layout != "contiguous":
+    if hint is None or not contiguous:
         return 1
     tp = hint([t.name for t in ckpt if getattr(fmap.rule_for(t.name)[0], "split", None)]) or 1
     if tp > 1:

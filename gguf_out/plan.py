@@ -169,16 +169,15 @@ def _target_rows(tensor, rule, layer, hp, options, layouts, permute, ckpt_path):
         if n_rows != expected:
             raise ConvertError(f"{ckpt_path}: fused '{tensor.name}' has {n_rows} rows; num_heads {hp['num_heads']}, "
                                f"num_kv_heads {hp['num_kv_heads']} and head_dim {hp['head_dim']} need {expected}")
-        _check_tp(options.train_tp, (hp["num_heads"], hp["num_kv_heads"]), layout)
-        parts = transforms.split_qkv_rows(hp["num_heads"], hp["num_kv_heads"], hp["head_dim"],
-                                          layout, options.train_tp)
+        tp = _rank_blocks(options.train_tp, (hp["num_heads"], hp["num_kv_heads"]), layout)
+        parts = transforms.split_qkv_rows(hp["num_heads"], hp["num_kv_heads"], hp["head_dim"], layout, tp)
         what = [f"split {layout} QKV: {p}" for p in ("Q", "K", "V")]
     elif rule.split == "gate_up":
         if n_rows != 2 * hp["ffn_size"]:
             raise ConvertError(f"{ckpt_path}: fused '{tensor.name}' has {n_rows} rows; ffn size "
                                f"{hp['ffn_size']} needs {2 * hp['ffn_size']}")
-        _check_tp(options.train_tp, (hp["ffn_size"],), layout)
-        parts = transforms.split_gate_up_rows(hp["ffn_size"], layout, options.train_tp)
+        tp = _rank_blocks(options.train_tp, (hp["ffn_size"],), layout)
+        parts = transforms.split_gate_up_rows(hp["ffn_size"], layout, tp)
         what = [f"split {layout} gate/up: {p}" for p in ("gate", "up")]
     else:
         parts, what = [None], [""]
@@ -193,12 +192,14 @@ def _target_rows(tensor, rule, layer, hp, options, layouts, permute, ckpt_path):
         yield name, rows, text
 
 
-def _check_tp(tp, sizes, layout):
+def _rank_blocks(tp, sizes, layout):
+    """How many rank blocks a fused tensor of this layout has: the training TP degree for contiguous
+    layouts, 1 for interleaved ones (they are the same for any tensor-parallel degree)."""
+    if layout != "contiguous":
+        return 1
     if tp < 1 or any(s % tp for s in sizes):
         raise ConvertError(f"--train-tp {tp} does not divide {', '.join(map(str, sizes))}")
-    if tp > 1 and layout != "contiguous":
-        raise ConvertError("--train-tp only matters for --fused-layout contiguous (interleaved layouts are "
-                           "the same for any tensor-parallel degree)")
+    return tp
 
 
 def _check_outputs(outputs, fmap, hp, num_layers, ckpt_path):

@@ -143,3 +143,10 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == f"ms2gguf: error: {tmp_path / 'missing.yaml'}: config file not found"
     assert not out.exists()
+
+
+def test_train_tp_needs_a_contiguous_layout(tmp_path, capsys):
+    err = error_of(capsys, LLAMA / "gqa_fused" / "model.ckpt", tmp_path / "o.gguf", "--train-tp", "2")
+    assert "--train-tp only matters for contiguous fused tensors" in err
+    assert convert(LLAMA / "gqa_fused" / "model.ckpt", tmp_path / "o.gguf", "--train-tp", "2",
+                   "--fused-layout", "contiguous") == 0

@@ -12,8 +12,9 @@ from tqdm import tqdm
 
 from msckpt import open_checkpoint
 
-from . import check, detect, hparams, metadata, modelfile, plan as planning, templates, vocab as vocabulary
-from .encode import OUTTYPES, encode_rows
+from . import check, detect, hparams, metadata, modelfile, plan as planning, quant_policy, templates
+from . import vocab as vocabulary
+from .encode import encode_rows
 from .errors import ConvertError
 from .maps import bundled_names, load_map
 from .report import human_bytes
@@ -37,8 +38,14 @@ def build_parser():
                    "tokenizer.model, or for BPE maps tokenizer.json, vocab.json + merges.txt or a tiktoken file "
                    "(default: beside CKPT); a tokenizer_config.json beside it supplies the chat template and "
                    "special tokens")
-    p.add_argument("--outtype", default="f16", type=str.lower, choices=list(OUTTYPES),
-                   help="type of the 2-D weights; 1-D tensors stay F32 (default: %(default)s)")
+    p.add_argument("--outtype", default="f16", type=_outtypes, metavar="TYPE[,TYPE...]",
+                   help="output type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 (every 2-D weight), or a "
+                   "llama-quantize preset with its per-tensor mixing: q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, "
+                   "q4_k_m, q5_k_s, q5_k_m, q6_k. Norms and biases stay F32. Several, comma-separated, write "
+                   "several files from one read of the checkpoint; OUT must then contain {ftype} "
+                   "(default: f16)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="cores used for converting and quantizing (default: all, %(default)s)")
     p.add_argument("--rope-layout", choices=("hf", "meta"), default="hf",
                    help="Q/K row layout in the checkpoint: 'hf' rotate_half (MindFormers r0.7 and later, "
                    "permuted for llama.cpp) or 'meta' interleaved (r0.6 and earlier, copied as is) "
@@ -78,6 +85,27 @@ def build_parser():
     return p
 
 
+def _outtypes(text):
+    """--outtype: one or more preset names, canonical (aliases like q4_k resolved), without repeats."""
+    names = []
+    for part in text.split(","):
+        try:
+            name = quant_policy.preset(part.strip()).name
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"unknown type '{part.strip()}' (choose from "
+                                             f"{', '.join(quant_policy.PRESETS)})") from None
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def output_paths(out, outtypes):
+    """OUT for each outtype: '{ftype}' in OUT becomes the type in llama.cpp's spelling (Q4_K_M, F16, ...)."""
+    if len(outtypes) > 1 and "{ftype}" not in out:
+        raise ConvertError(f"{out}: several --outtype values need {{ftype}} in OUT, e.g. model-{{ftype}}.gguf")
+    return [Path(out.replace("{ftype}", t.upper())) for t in outtypes]
+
+
 def main(argv):
     args = build_parser().parse_args(argv)
     if args.map is None:
@@ -103,15 +131,20 @@ def log(args, text):
 
 def run(args):
     started = time.monotonic()
-    out_path = Path(args.out)
+    out_paths = output_paths(args.out, args.outtype)
+    if args.threads < 1:
+        raise ConvertError(f"--threads {args.threads}: must be at least 1")
     if not args.dry_run:
-        if out_path.exists() and not args.force:
-            raise ConvertError(f"{out_path}: already exists (use --force to overwrite)")
-        if out_path.is_dir():
-            raise ConvertError(f"{out_path}: is a directory")
-        if not out_path.resolve().parent.is_dir():
-            raise ConvertError(f"{out_path}: the directory {out_path.resolve().parent} does not exist")
-        modelfile.check_options(args, out_path)
+        for out_path in out_paths:
+            if out_path.exists() and not args.force:
+                raise ConvertError(f"{out_path}: already exists (use --force to overwrite)")
+            if out_path.is_dir():
+                raise ConvertError(f"{out_path}: is a directory")
+            if not out_path.resolve().parent.is_dir():
+                raise ConvertError(f"{out_path}: the directory {out_path.resolve().parent} does not exist")
+            modelfile.check_options(args, out_path)
+        if args.ollama is not None and len(out_paths) > 1:
+            raise ConvertError("--ollama creates one model: give a single --outtype")
     fmap = None if args.map == "auto" else load_map(args.map)
     config_path = Path(args.config) if args.config else hparams.find_config(args.ckpt)
     if config_path is None:
@@ -126,24 +159,43 @@ def run(args):
             fmap = detect.choose_map(ckpt, config, config_path, args.tokenizer)
             log(args, f"map: {fmap.family} ({fmap.path}), chosen from the tensor names and {config_path}")
             tokenizer_path = _tokenizer_path(args, fmap)
-        options = planning.Options(args.outtype, args.rope_layout, args.fused_layout,
+        options = planning.Options(args.outtype[0], args.rope_layout, args.fused_layout,
                                    _train_tp(args, ckpt, fmap, config))
         plan = planning.build(ckpt, fmap, config, config_path, options)
         vocab = vocabulary.load_tokenizer(tokenizer_path, fmap)
         vocabulary.pad_to(vocab, int(plan.hp["vocab_size"]))
         chat = templates.apply(args.chat_template, vocab, fmap)
         name = args.name or Path(args.ckpt).stem
-        kvs = metadata.build(fmap, plan, vocab, args.outtype, name)
-        for warning in vocab.warnings + plan.notes:
+        targets = [_target(outtype, path, plan, fmap, vocab, name) for outtype, path in zip(args.outtype, out_paths)]
+        for warning in vocab.warnings + plan.notes + [n for t in targets[1:] for n in t.notes]:
             print(f"ms2gguf: warning: {warning}", file=sys.stderr)
         if args.verbose or args.dry_run:
-            _print_plan(plan, sys.stdout if args.dry_run else sys.stderr)
+            _print_plan(plan, targets, sys.stdout if args.dry_run else sys.stderr)
         if args.dry_run:
             return 0
-        infos = [TensorInfo(o.name, o.shape, o.ggml_type) for o in plan.outputs]
-        size = _write(out_path, kvs, infos, plan, args, fmap)
-    _summary(args, plan, size, time.monotonic() - started, out_path)
-    return modelfile.after_conversion(args, out_path, plan, vocab, chat, lambda text: log(args, text))
+        _write(targets, plan, args, fmap)
+    status = 0
+    for target in targets:
+        _summary(args, plan, target, time.monotonic() - started)
+        status = modelfile.after_conversion(args, target.path, plan, vocab, chat, lambda text: log(args, text)) \
+            or status
+    return status
+
+
+class Target:
+    """One output file: its --outtype preset, path, per-tensor types and metadata."""
+
+    def __init__(self, outtype, path, types, kvs):
+        self.outtype, self.path, self.kvs = outtype, path, kvs
+        self.types = [t for t, _ in types]
+        self.notes = [note for _, note in types if note]
+        self.size = 0
+
+
+def _target(outtype, path, plan, fmap, vocab, name):
+    types = plan.types(outtype)
+    notes = [(t, f"{o.name}: {note}" if note else None) for o, (t, note) in zip(plan.outputs, types)]
+    return Target(outtype, path, notes, metadata.build(fmap, plan, vocab, quant_policy.preset(outtype), name))
 
 
 def _train_tp(args, ckpt, fmap, config):
@@ -166,30 +218,47 @@ def _train_tp(args, ckpt, fmap, config):
     return tp
 
 
-def _write(out_path, kvs, infos, plan, args, fmap=None):
-    folder = out_path.resolve().parent
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{out_path.name}.", suffix=".tmp")
+def _write(targets, plan, args, fmap):
+    """Stream every tensor into one temporary file per target, then check each and rename it into place.
+
+    Each tensor is read (and transformed) once and encoded for every target; after any error no temporary
+    file is left and no OUT is touched.
+    """
+    temps = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            writer = GGUFWriter(f)
-            size = writer.write_header(kvs, infos)
-            total = sum(i.nbytes for i in infos)
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="writing",
-                      disable=args.quiet, file=sys.stderr, leave=False) as bar:
-                for out, info in zip(plan.outputs, infos):
-                    _write_tensor(writer, out, info, bar)
-            writer.finish()
-            f.flush()
-            os.fsync(f.fileno())
-        _check_output(tmp_name, out_path, fmap)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, out_path)
-        return size
+        for target in targets:
+            fd, tmp_name = tempfile.mkstemp(dir=target.path.resolve().parent, prefix=f".{target.path.name}.",
+                                            suffix=".tmp")
+            temps.append(tmp_name)
+            target.file = os.fdopen(fd, "wb")
+            target.writer = GGUFWriter(target.file)
+            infos = [TensorInfo(o.name, o.shape, t) for o, t in zip(plan.outputs, target.types)]
+            target.size = target.writer.write_header(target.kvs, infos)
+        total = sum(TensorInfo(o.name, o.shape, t).nbytes for target in targets
+                    for o, t in zip(plan.outputs, target.types))
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="writing",
+                  disable=args.quiet, file=sys.stderr, leave=False) as bar:
+            for i, out in enumerate(plan.outputs):
+                _write_tensor([(t.writer, t.types[i]) for t in targets], out, bar, args.threads)
+        for target in targets:
+            target.writer.finish()
+            target.file.flush()
+            os.fsync(target.file.fileno())
+            target.file.close()
+        for target, tmp_name in zip(targets, temps):
+            _check_output(tmp_name, target.path, fmap)
+        for target, tmp_name in zip(targets, temps):
+            os.chmod(tmp_name, 0o644)
+            os.replace(tmp_name, target.path)
     except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
+        for target in targets:
+            if getattr(target, "file", None) is not None:
+                target.file.close()
+        for tmp_name in temps:
+            try:
+                os.unlink(tmp_name)
+            except FileNotFoundError:
+                pass
         raise
 
 
@@ -205,37 +274,46 @@ def _check_output(tmp_name, out_path, fmap):
                            f"{report.errors[0].text}{more}")
 
 
-def _write_tensor(writer, out, info, bar):
-    writer.begin_tensor(info.name)
+def _write_tensor(writers, out, bar, threads):
+    """One output tensor into each (writer, ggml type): kernel copies where the bytes are the checkpoint's,
+    otherwise the rows are read once, block by block, and encoded for each type."""
     tensor = out.source
-    if out.raw_copy:
-        for offset, length in tensor.byte_ranges():
-            tensor.source.advise_sequential(offset, length)
-            writer.copy_range(tensor.source.fileno(), offset, length)
-            bar.update(length)
-    else:
+    encoded = []
+    for writer, ggml_type in writers:
+        writer.begin_tensor(out.name)
+        if out.copies_as(ggml_type):
+            for offset, length in tensor.byte_ranges():
+                tensor.source.advise_sequential(offset, length)
+                writer.copy_range(tensor.source.fileno(), offset, length)
+                bar.update(length)
+        else:
+            encoded.append((writer, ggml_type))
+    if encoded:
         for block in planning.row_blocks(out):
-            data = encode_rows(block, tensor.dtype.name, out.ggml_type)
-            writer.write(memoryview(data).cast("B"))
-            bar.update(data.nbytes)
-    writer.end_tensor()
+            for writer, ggml_type in encoded:
+                data = encode_rows(block, tensor.dtype.name, ggml_type, threads)
+                writer.write(memoryview(data).cast("B"))
+                bar.update(data.nbytes)
+    for writer, _ in writers:
+        writer.end_tensor()
 
 
-def _print_plan(plan, stream):
+def _print_plan(plan, targets, stream):
     for name, reason in plan.skipped:
         print(f"skip   {name}  ({reason})", file=stream)
     width = max((len(o.name) for o in plan.outputs), default=10)
-    for o in plan.outputs:
-        how = "copy" if o.raw_copy else o.transform or "convert"
-        print(f"tensor {o.name:<{width}}  {GGMLQuantizationType(o.ggml_type).name:<5} "
-              f"{'x'.join(map(str, o.shape)):<14} <- {o.source.name} [{o.source.dtype.name}] {how}", file=stream)
+    for i, o in enumerate(plan.outputs):
+        types = "/".join(GGMLQuantizationType(t.types[i]).name for t in targets)
+        how = "copy" if all(o.copies_as(t.types[i]) for t in targets) else o.transform or "convert"
+        print(f"tensor {o.name:<{width}}  {types:<5} {'x'.join(map(str, o.shape)):<14} <- {o.source.name} "
+              f"[{o.source.dtype.name}] {how}", file=stream)
 
 
-def _summary(args, plan, size, seconds, out_path):
+def _summary(args, plan, target, seconds):
     params = sum(int(o.shape[0]) * (int(o.shape[1]) if len(o.shape) > 1 else 1) for o in plan.outputs)
-    log(args, f"wrote {out_path}: {len(plan.outputs)} tensors, {params:,} parameters, {human_bytes(size)}, "
-              f"{args.outtype}, {seconds:.1f} s ({len(plan.skipped)} checkpoint entries skipped"
-              f"{'; -v lists them' if plan.skipped and not args.verbose else ''})")
-    if args.outtype == "f32":
+    log(args, f"wrote {target.path}: {len(plan.outputs)} tensors, {params:,} parameters, "
+              f"{human_bytes(target.size)}, {target.outtype}, {seconds:.1f} s ({len(plan.skipped)} checkpoint "
+              f"entries skipped{'; -v lists them' if plan.skipped and not args.verbose else ''})")
+    if target.outtype == "f32":
         log(args, "note: general.file_type is 0 (ALL_F32); Ollama reads that as 'unknown' and will not quantize "
                   "this file at create time (convert with --outtype f16 or a quantized type instead)")

@@ -1,40 +1,19 @@
 """Output tensor types and the conversion of a block of rows into GGUF bytes."""
 
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, LlamaFileType as FT
+from gguf import GGMLQuantizationType as T
 from gguf import quants
 
+from . import kquants
 from .errors import ConvertError
 
-# --outtype -> (ggml type of 2-D weights, general.file_type)
-OUTTYPES = {
-    "f32": (T.F32, FT.ALL_F32),
-    "f16": (T.F16, FT.MOSTLY_F16),
-    "bf16": (T.BF16, FT.MOSTLY_BF16),
-    "q8_0": (T.Q8_0, FT.MOSTLY_Q8_0),
-    "q4_0": (T.Q4_0, FT.MOSTLY_Q4_0),
-    "q4_1": (T.Q4_1, FT.MOSTLY_Q4_1),
-    "q5_0": (T.Q5_0, FT.MOSTLY_Q5_0),
-    "q5_1": (T.Q5_1, FT.MOSTLY_Q5_1),
-}
-QUANTIZED = {T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1}
 # the checkpoint dtypes whose bytes are already a GGUF type
 SAME_BYTES = {"Float32": T.F32, "Float16": T.F16, "BFloat16": T.BF16}
 _CHUNK_BYTES = 32 << 20      # rows are converted in blocks of about this many float32 bytes
-
-
-def choose_type(shape, outtype):
-    """The ggml type of one tensor: 1-D (norms, biases) stay F32; weights take the outtype (gguf-targets §5.4).
-
-    Returns (type, note) where note explains a fallback.
-    """
-    wanted = OUTTYPES[outtype][0]
-    if len(shape) < 2:
-        return T.F32, None
-    block = GGML_QUANT_SIZES[wanted][0]
-    if shape[-1] % block:
-        return T.F16, f"row length {shape[-1]} is not a multiple of {block}: F16 instead of {wanted.name}"
-    return wanted, None
+_MIN_ROWS_PER_THREAD = 16
 
 
 def to_float32(block, dtype_name):
@@ -45,16 +24,37 @@ def to_float32(block, dtype_name):
     return block.astype(np.float32)
 
 
-def encode_rows(block, dtype_name, ggml_type):
-    """Bytes of ``block`` (rows in the checkpoint's dtype) as ``ggml_type``."""
+def encode_rows(block, dtype_name, ggml_type, threads=1):
+    """Bytes of ``block`` (rows in the checkpoint's dtype) as ``ggml_type``, on up to ``threads`` cores.
+
+    Rows are independent, so a block is cut into row ranges encoded in parallel (numpy and the
+    quantizers release the GIL in their inner loops) and joined in order.
+    """
     if SAME_BYTES.get(dtype_name) == ggml_type:
         return np.ascontiguousarray(block)
+    parts = min(threads, len(block) // _MIN_ROWS_PER_THREAD) if block.ndim > 1 else 1
+    if parts <= 1:
+        return _encode(block, dtype_name, ggml_type)
+    bounds = np.linspace(0, len(block), parts + 1).astype(int)
+    pieces = _pool(threads).map(lambda i: _encode(block[bounds[i]:bounds[i + 1]], dtype_name, ggml_type),
+                                range(parts))
+    return np.concatenate(list(pieces))
+
+
+def _encode(block, dtype_name, ggml_type):
     values = to_float32(block, dtype_name)
     if ggml_type == T.F32:
         return np.ascontiguousarray(values, dtype=np.float32)
     if ggml_type == T.F16:
         return values.astype(np.float16)
+    if ggml_type in kquants.K_TYPES:
+        return kquants.quantize(values.reshape(-1, values.shape[-1]), ggml_type)
     return quants.quantize(np.ascontiguousarray(values), ggml_type)
+
+
+@lru_cache(maxsize=None)
+def _pool(threads):
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ms2gguf-encode")
 
 
 def rows_per_chunk(shape):

@@ -1,23 +1,23 @@
 """GGUF metadata (KV pairs) for a planned conversion: general.*, architecture hparams, tokenizer."""
 
-from gguf import GGML_QUANT_VERSION, GGUFValueType as V, Keys
+from gguf import GGUFValueType as V, Keys
 
-from .encode import OUTTYPES, QUANTIZED
 from .errors import ConvertError
 from .writer import KV
 
 _KINDS = {"u32": KV.u32, "f32": KV.f32, "bool": KV.bool, "str": KV.str, "i32": KV.i32}
 
 
-def build(fmap, plan, vocab, outtype, name):
+def build(fmap, plan, vocab, preset, name):
+    """``preset``: the --outtype's quant_policy.Preset (general.file_type, general.quantization_version)."""
     kvs = [
         (Keys.General.ARCHITECTURE, KV.str(fmap.arch)),
         (Keys.General.TYPE, KV.str("model")),
         (Keys.General.NAME, KV.str(name)),
-        (Keys.General.FILE_TYPE, KV.u32(OUTTYPES[outtype][1])),
+        (Keys.General.FILE_TYPE, KV.u32(preset.file_type)),
     ]
-    if any(out.ggml_type in QUANTIZED for out in plan.outputs):
-        kvs.append((Keys.General.QUANTIZATION_VERSION, KV.u32(GGML_QUANT_VERSION)))
+    if preset.quantization_version is not None:
+        kvs.append((Keys.General.QUANTIZATION_VERSION, KV.u32(preset.quantization_version)))
     for key, (kind, source) in fmap.metadata.items():
         if source not in plan.hp:
             raise ConvertError(f"{fmap.path}: metadata key {key} needs '{source}', which neither the config nor "

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from msckpt.classify import GROUP_TITLES, group_of
 
-from . import encode, generated, hparams, transforms
+from . import encode, generated, hparams, quant_policy, transforms
 from .errors import ConvertError
 from .maps import SPLITS
 
@@ -27,9 +27,12 @@ class Output:
 
     @property
     def raw_copy(self):
-        """True when the output bytes are exactly a byte range of the checkpoint."""
+        return self.copies_as(self.ggml_type)
+
+    def copies_as(self, ggml_type):
+        """True when the output bytes in this type are exactly byte ranges of the checkpoint file."""
         return (self.rows is None and self.source.byte_ranges() is not None
-                and encode.SAME_BYTES.get(self.source.dtype.name) == self.ggml_type)
+                and encode.SAME_BYTES.get(self.source.dtype.name) == ggml_type)
 
 
 @dataclass
@@ -39,6 +42,14 @@ class Plan:
     hp: dict
     num_layers: int
     notes: list = field(default_factory=list)
+    arch: str = "llama"
+
+    def types(self, outtype):
+        """[(ggml type, fallback note)] per output for an --outtype preset: llama-quantize's per-tensor mixing
+        for the K-quant presets, one type for every weight otherwise (gguf_out/quant_policy.py)."""
+        return quant_policy.assign_types([(o.name, o.shape) for o in self.outputs], quant_policy.preset(outtype),
+                                         n_head=int(self.hp["num_heads"]), n_head_kv=int(self.hp["num_kv_heads"]),
+                                         n_layer=self.num_layers, arch=self.arch)
 
 
 @dataclass
@@ -121,12 +132,11 @@ def build(ckpt, fmap, config, config_path, options):
 
     _check_outputs(outputs, fmap, hp, num_layers, ckpt.path)
     _check_untied_output(outputs, fmap, hp, ckpt.path)
-    notes = _config_notes(config, config_path)
-    for out in outputs:
-        out.ggml_type, out.note = encode.choose_type(out.shape, options.outtype)
-        if out.note:
-            notes.append(f"{out.name}: {out.note}")
-    return Plan(outputs, skipped, hp, num_layers, notes)
+    plan = Plan(outputs, skipped, hp, num_layers, _config_notes(config, config_path), fmap.arch)
+    for out, (ggml_type, note) in zip(outputs, plan.types(options.outtype)):
+        out.ggml_type, out.note = ggml_type, note
+    plan.notes += [f"{out.name}: {out.note}" for out in outputs if out.note]
+    return plan
 
 
 def fused_layouts(fmap, config, options):

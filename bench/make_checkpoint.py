@@ -20,6 +20,12 @@ Names are MindFormers legacy Llama names (model.tok_embeddings.embedding_weight,
 ..., model.norm_out.weight, lm_head.weight) in the record order of a real MindFormers checkpoint. 2-D weights
 use ``--dtype``; RMSNorm weights are Float32, as MindFormers keeps them (layernorm_compute_type float32).
 
+``--sparse`` writes only the record headers and leaves the contents as holes, e.g. a Llama-2-70B-shaped
+138 GB file that takes a few MB of disk, to show that indexing cost does not depend on the file size::
+
+    python bench/make_checkpoint.py /work/bench-data/sparse70b --sparse --hidden 8192 --heads 64 --kv-heads 8 \
+        --vocab 32000 --layers 80 --multiple-of 4096 --ffn-dim-multiplier 1.3
+
 Data is random (normal, std 0.02; norms around 1), generated and written in chunks of ``--chunk-mb`` so memory
 stays small whatever the size. Each tensor's values come from its own seeded generator, so ``--verify`` can
 regenerate the first chunk of every tensor and compare it with what msckpt reads back.
@@ -107,7 +113,7 @@ def layer_tensors(i, hidden, q_width, kv_width, ffn):
 def tensor_list(a, layers):
     head_dim = a.hidden // a.heads
     q_width, kv_width = a.heads * head_dim, a.kv_heads * head_dim
-    ffn = llama_ffn(a.hidden, a.multiple_of)
+    ffn = llama_ffn(a.hidden, a.multiple_of, a.ffn_dim_multiplier)
     out = [("model.tok_embeddings.embedding_weight", (a.vocab, a.hidden), False)]
     for i in range(layers):
         out += layer_tensors(i, a.hidden, q_width, kv_width, ffn)
@@ -176,6 +182,9 @@ def write_checkpoint(path, a):
                 rec_len = min(SLICE_BYTES, nbytes - start)
                 f.write(record_header(name, shape, ttype, rec_len))
                 records += 1
+                if a.sparse:        # leave the content as a hole: reads back as zeros, costs no disk
+                    f.seek(rec_len, os.SEEK_CUR)
+                    continue
                 left = rec_len
                 while left:
                     if not pending:
@@ -187,6 +196,7 @@ def write_checkpoint(path, a):
             if not a.quiet:
                 print(f"  {name:42s} {ttype:8s} {'x'.join(map(str, shape)):>12s} "
                       f"{nbytes / 1e6:9.1f} MB  {math.ceil(nbytes / SLICE_BYTES)} record(s)", file=sys.stderr)
+        f.truncate(f.tell())     # a sparse file may end in a hole
         if a.fsync:
             os.fsync(f.fileno())
     seconds = time.perf_counter() - started
@@ -213,7 +223,7 @@ model:
     n_kv_heads: {a.kv_heads if a.kv_heads != a.heads else 'null'}
     vocab_size: {a.vocab}
     multiple_of: {a.multiple_of}
-    ffn_dim_multiplier: null
+    ffn_dim_multiplier: {a.ffn_dim_multiplier if a.ffn_dim_multiplier is not None else 'null'}
     rms_norm_eps: 1.0e-05
     theta: 10000.0
     max_position_embedding: 4096
@@ -282,6 +292,8 @@ def verify(path, a):
                     raise SystemExit(f"verify: got {g}, expected {w}")
             raise SystemExit(f"verify: {len(got)} tensors, expected {len(want)}")
         for index, ((name, shape, is_norm), t) in enumerate(zip(expected, ckpt)):
+            if a.sparse:
+                break
             first = next(chunk_stream(a.seed, index, math.prod(shape), is_norm, a.dtype, chunk_elems))
             off, n = t.byte_ranges()[0]
             if bytes(t.source.view(off, min(n, len(first)))) != first[:n]:
@@ -309,9 +321,12 @@ def main(argv=None):
                    help="vocab rows (default 84992: 696 MB in f16 -> 2 records; must be >= the tokenizer's "
                    f"{TOKENIZER_PIECES} pieces)")
     p.add_argument("--multiple-of", type=int, default=256)
+    p.add_argument("--ffn-dim-multiplier", type=float, help="MindFormers ffn_dim_multiplier (Llama-2-70B: 1.3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk-mb", type=int, default=16, help="generate data in chunks of this many MiB of f32")
     p.add_argument("--fsync", action="store_true", help="fsync the checkpoint before returning")
+    p.add_argument("--sparse", action="store_true", help="write only the record headers and leave every "
+                   "tensor's content as a hole (zeros): a huge file that costs no disk, for indexing benchmarks")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the msckpt read-back check")
     p.add_argument("-q", "--quiet", action="store_true")
     a = p.parse_args(argv)

@@ -23,6 +23,16 @@ class Source:
     def view(self, offset, length):
         return memoryview(self._map)[offset:offset + length]
 
+    def read_into(self, offset, buffer):
+        """Fill a writable buffer from the file at ``offset`` (positioned reads; the map is not touched)."""
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view):
+            n = os.preadv(self.fileno(), [view[done:]], offset + done)
+            if n <= 0:
+                raise OSError(f"{self.path}: unexpected end of file at byte {offset + done}")
+            done += n
+
     def __getitem__(self, index):
         return self._map[index]
 

@@ -71,13 +71,15 @@ class Tensor:
         return out
 
     def rows(self, start, stop):
-        """Rows [start, stop) along axis 0 as an array, reading only the bytes they need."""
+        """Rows [start, stop) along axis 0 as a new array, reading only the bytes they need.
+
+        Read with positioned reads, not through the memory map: streaming a whole model row band by row
+        band then leaves no file pages mapped into the process (they would count as its memory).
+        """
         self._check_readable()
         start, stop, _ = slice(start, stop).indices(self.shape[0])
         stop = max(start, stop)
         ranges = self.byte_ranges()
-        if len(ranges) <= 1:
-            return self.array()[start:stop]
         row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
         want_lo, want_hi = start * row_bytes, stop * row_bytes
         out = np.empty((stop - start,) + tuple(self.shape[1:]), self.dtype.np_dtype)
@@ -86,7 +88,7 @@ class Tensor:
         for off, length in ranges:
             lo, hi = max(pos, want_lo), min(pos + length, want_hi)
             if lo < hi:
-                flat[lo - want_lo:hi - want_lo] = np.frombuffer(self.source.view(off + lo - pos, hi - lo), np.uint8)
+                self.source.read_into(off + lo - pos, flat[lo - want_lo:hi - want_lo])
             pos += length
             if pos >= want_hi:
                 break

@@ -25,7 +25,7 @@ What it writes, per variant ``<v>`` (see ``VARIANTS``):
   ``param_init_type``, so names, layouts and per-tensor dtypes are exactly what MindFormers 2.1.0 writes
   (norms stay float32 in bf16/f16 checkpoints);
 * ``<v>/config.yaml``  - a MindFormers-style yaml with the values the model was built with;
-* ``<v>/tokens.json``  - ``{"text", "ids"}``: the tokenizer's encoding (with BOS) of ``TEXT``;
+* ``<v>/tokens.json``  - ``{"text", "ids"}``: the tokenizer's encoding (with BOS) of ``TEXT`` (k256: ``TEXT_LONG``);
 * ``<v>/logits.npy``   - float32 ``[n_tokens, vocab_rows]``: MindFormers' logits at every input position;
 * ``mha/model_train.ckpt`` - the mha weights plus optimizer / training entries (``adam_m.*``, ``global_step``, ...);
 * ``tokenizer/tokenizer.model`` + ``tokenizer/tokenizer_config.json``.
@@ -88,6 +88,9 @@ TOKENIZER_VOCAB = 480
 # The test sentence: merged English pieces, split digits, CJK pieces, and "€" (absent from the corpus, so it is
 # encoded as the three byte-fallback pieces <0xE2><0x82><0xAC>).
 TEXT = "Thomas baked 12 €, 你好!"
+# k256's longer text (49 ids with BOS): TEXT plus an English sentence with digits and a Cyrillic one, so that argmax
+# agreement of quantized models is measured over enough positions to mean something.
+TEXT_LONG = TEXT + " Every morning he walked 345 miles to the river. Привет, мир!"
 
 # Hugging Face Llama-2-chat template (meta-llama/Llama-2-7b-chat-hf tokenizer_config.json).
 LLAMA2_CHAT_TEMPLATE = (
@@ -153,7 +156,10 @@ def tokenizer_config() -> dict:
 # Variants
 # ----------------------------------------------------------------------------------------------------------------
 
-SEQ_LENGTH = 32  # network input length; the token ids are right-padded to it
+SEQ_LENGTH = 32  # network input length (unless a variant sets seq_length); the token ids are right-padded to it
+
+# k256's lm_head = scale * E[successor] + noise * N(0, 1) (see make_weights).
+BIGRAM_SCALE, BIGRAM_NOISE = 0.04, 0.08
 
 # vocab_size "tok" = tokenizer size; "padded" = rounded up to a multiple of 64, plus 64.
 # Exactly one of intermediate_size / multiple_of(+ffn_dim_multiplier) describes the FFN size.
@@ -182,6 +188,7 @@ VARIANTS: dict[str, dict] = {
         seed=1005, hidden_size=256, num_layers=2, num_heads=4, n_kv_heads=2, qkv_concat=False,
         intermediate_size=512,
         rms_norm_eps=1e-5, theta=10000.0, max_position_embedding=4096, vocab="tok", param_init_type="float16",
+        text=TEXT_LONG, seq_length=64, bigram=(BIGRAM_SCALE, BIGRAM_NOISE),
     ),
 }
 
@@ -209,7 +216,7 @@ def model_config_kwargs(v: dict, vocab_size: int, param_init_type: str) -> dict:
     kw = dict(
         type="LlamaConfig",
         batch_size=1,
-        seq_length=SEQ_LENGTH,
+        seq_length=v.get("seq_length", SEQ_LENGTH),
         hidden_size=v["hidden_size"],
         num_layers=v["num_layers"],
         num_heads=v["num_heads"],
@@ -276,6 +283,12 @@ def make_weights(v: dict, V: int) -> dict[str, np.ndarray]:
     projections ~ N(0, 0.8/sqrt(fan_in)), embeddings ~ N(0, embed_std = 1), lm_head ~ N(0, 2/sqrt(H)),
     norms ~ 1 + N(0, 0.2). A variant may set a tiny embed_std so that mean(x^2) at the first RMSNorm is of the
     order of rms_norm_eps: then a wrong epsilon in the GGUF changes the logits visibly, not just the metadata.
+
+    A variant with ``bigram=(scale, noise)`` gets peaky logits like a trained model's instead of random ones, so that
+    quantization noise does not flip the argmax at random: lm_head = scale * E[succ] + noise * N(0, 1), with E the
+    token embedding and succ a fixed permutation of the vocabulary. Since the layers add only about a quarter of
+    the embedding's norm to the residual stream, logit j is large when the current token is succ[j] - a bigram
+    model - while attention and FFN still move the logits (by about a third of max |logit| if they are removed).
     """
     rs = np.random.RandomState(v["seed"])
     H, nh = v["hidden_size"], v["num_heads"]
@@ -303,6 +316,10 @@ def make_weights(v: dict, V: int) -> dict[str, np.ndarray]:
         w[p + "w2"] = lin(H, F)
     w["norm_out"] = norm(H)
     w["lm_head"] = rs.normal(0.0, 2.0 / np.sqrt(H), size=(V, H))
+    if v.get("bigram"):
+        scale, noise = v["bigram"]
+        succ = rs.permutation(V)
+        w["lm_head"] = scale * w["tok_embeddings"][succ] + noise * rs.standard_normal((V, H))
 
     # The stored dtype applies to 2-D weights only; norms stay float32 as in real MindFormers checkpoints.
     return {k: (round_to(a, v["param_init_type"]) if a.ndim == 2 else a.astype(np.float32)) for k, a in w.items()}
@@ -413,11 +430,11 @@ def load_params(net, params: dict[str, np.ndarray]) -> None:
         p.set_data(ms.Tensor(a, dtype=p.dtype))
 
 
-def mindformers_logits(net, ids: list[int], V: int) -> np.ndarray:
+def mindformers_logits(net, ids: list[int], V: int, seq_length: int) -> np.ndarray:
     import mindspore as ms
 
     n = len(ids)
-    padded = np.zeros((1, SEQ_LENGTH), dtype=np.int32)  # pad_token_id = 0
+    padded = np.zeros((1, seq_length), dtype=np.int32)  # pad_token_id = 0
     padded[0, :n] = ids
     out = net(ms.Tensor(padded, ms.int32))
     # Eval mode returns (logits, tokens, input_mask); tokens must be the unshifted input.
@@ -425,8 +442,8 @@ def mindformers_logits(net, ids: list[int], V: int) -> np.ndarray:
     if not np.array_equal(tokens.asnumpy(), padded):
         raise RuntimeError("LlamaForCausalLM shifted or altered the input ids (training mode?)")
     logits = logits.asnumpy().astype(np.float32).reshape(-1, V)
-    if logits.shape[0] != SEQ_LENGTH:
-        raise RuntimeError(f"expected logits for {SEQ_LENGTH} positions, got {logits.shape}")
+    if logits.shape[0] != seq_length:
+        raise RuntimeError(f"expected logits for {seq_length} positions, got {logits.shape}")
     return logits[:n]
 
 
@@ -533,16 +550,25 @@ def generate(out_dir: Path, work: Path) -> dict:
     sp = spm.SentencePieceProcessor(model_proto=sp_bytes)
     n_pieces = sp.get_piece_size()
     assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (0, 1, 2, -1)
-    ids = [sp.bos_id()] + sp.encode(TEXT)
+
+    def encode(text: str) -> list[int]:
+        ids = [sp.bos_id()] + sp.encode(text)
+        assert 0 not in ids, "id 0 is the pad id MindFormers' causal mask hides"
+        assert sp.decode(ids[1:]) == text
+        return ids
+
+    ids = encode(TEXT)
     assert 12 <= len(ids) <= 16, (len(ids), sp.encode(TEXT, out_type=str))
-    assert 0 not in ids, "id 0 is the pad id MindFormers' causal mask hides"
-    assert sp.decode(ids[1:]) == TEXT
     report["tokenizer"] = dict(pieces=n_pieces, ids=ids, tokens=[sp.id_to_piece(i) for i in ids])
 
     # Models ------------------------------------------------------------------------------------------------------
     for name, v in VARIANTS.items():
         vdir = out_dir / name
         vdir.mkdir(parents=True, exist_ok=True)
+        text = v.get("text", TEXT)
+        ids = encode(text)
+        seq_length = v.get("seq_length", SEQ_LENGTH)
+        assert len(ids) <= seq_length, (name, len(ids), seq_length)
         V = vocab_rows(v, n_pieces)
         w = make_weights(v, V)
         params = mindformers_params(v, w)
@@ -550,7 +576,7 @@ def generate(out_dir: Path, work: Path) -> dict:
         # Logits: everything float32, weights already rounded to the stored dtype.
         net = build_net(model_config_kwargs(v, V, "float32"))
         load_params(net, params)
-        mf = mindformers_logits(net, ids, V)
+        mf = mindformers_logits(net, ids, V, seq_length)
         ref = numpy_forward(v, w, ids)
         diff = float(np.max(np.abs(mf.astype(np.float64) - ref)))
         scale = float(np.max(np.abs(ref)))
@@ -560,12 +586,21 @@ def generate(out_dir: Path, work: Path) -> dict:
         argmax = np.argmax(ref, axis=-1)
         if not (std > 1.0 and len(set(argmax.tolist())) >= len(ids) // 2):
             raise RuntimeError(f"{name}: logits too flat (std {std:.3g}, argmax {argmax.tolist()})")
+        top2 = np.sort(ref, axis=-1)[:, -2:]
+        gap = float(np.median(top2[:, 1] - top2[:, 0]))
+        if v.get("bigram"):
+            # Peaky, but not just a lookup table: removing the layers' output must move the logits clearly.
+            bare = numpy_forward(v, {**w, **{k: 0 * a for k, a in w.items() if k.endswith(("wo", "w2"))}}, ids)
+            layers_effect = float(np.max(np.abs(bare - ref))) / scale
+            if not (gap > 2.0 and layers_effect > 0.2):
+                raise RuntimeError(f"{name}: median top-1/top-2 gap {gap:.3g}, layers move the logits by only "
+                                   f"{layers_effect:.3g} of max |logit|")
         np.save(vdir / "logits.npy", mf)
         stale = vdir / "logits_numpy.npy"
         if stale.exists():
             stale.unlink()
         (vdir / "tokens.json").write_text(
-            json.dumps({"text": TEXT, "ids": ids}, ensure_ascii=False) + "\n", encoding="utf-8")
+            json.dumps({"text": text, "ids": ids}, ensure_ascii=False) + "\n", encoding="utf-8")
 
         # Checkpoint: a network built with the variant's param_init_type, so the file has MindFormers' own
         # per-tensor dtypes (2-D weights in param_init_type, norms float32).
@@ -586,7 +621,7 @@ def generate(out_dir: Path, work: Path) -> dict:
 
         entry = dict(
             vocab_rows=V, ffn=ffn_size(v), head_dim=v["hidden_size"] // v["num_heads"],
-            max_abs_diff=diff, max_abs_logit=scale, mean_logit_std=std, argmax=argmax.tolist(),
+            max_abs_diff=diff, max_abs_logit=scale, mean_logit_std=std, median_top_gap=gap, argmax=argmax.tolist(),
             params=[(k, back[k][0], list(back[k][1].shape)) for k in back],
         )
 
@@ -643,7 +678,8 @@ def main(argv=None) -> int:
             print(f"tokenizer: {e['pieces']} pieces; ids {e['ids']}")
             continue
         print(f"{name:13s} vocab_rows={e['vocab_rows']} ffn={e['ffn']} max|MF-numpy|={e['max_abs_diff']:.2e} "
-              f"(max|logit| {e['max_abs_logit']:.2f}, std {e['mean_logit_std']:.2f})")
+              f"(max|logit| {e['max_abs_logit']:.2f}, std {e['mean_logit_std']:.2f}, "
+              f"median top-1/top-2 gap {e['median_top_gap']:.2f})")
     for f in sorted(out_dir.rglob("*")):
         if f.is_file():
             digest = hashlib.sha256(f.read_bytes()).hexdigest()[:16]

@@ -16,6 +16,7 @@ import numpy as np
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import CheckpointError
 from .strategy import load_strategy
+from .tensor import scalar_value
 
 _RANK_DIR = re.compile(r"^rank_(\d+)$")
 _STEP_SUFFIX = re.compile(r"-(\d+)_(\d+)$")       # MindSpore / MindFormers: <prefix>-<epoch>_<step>.ckpt
@@ -325,12 +326,7 @@ class MergedTensor:
 
     def value(self):
         """A Python value for a one-element tensor."""
-        if self.n_elements != 1 or self.dtype.kind == "raw":
-            raise TypeError(f"{self.name} is not a scalar")
-        value = self.array().reshape(())
-        if self.dtype.name == "BFloat16":
-            return float((value.astype(np.uint32) << 16).view(np.float32))
-        return value.item()
+        return scalar_value(self)
 
 
 def _read_rows(shard, lo, hi, out=None):

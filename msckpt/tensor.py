@@ -6,6 +6,16 @@ from math import prod
 import numpy as np
 
 
+def scalar_value(tensor):
+    """A one-element numeric tensor as a Python value (BFloat16 bits widened to a float)."""
+    if tensor.n_elements != 1 or tensor.dtype.kind == "raw":
+        raise TypeError(f"{tensor.name} is not a scalar")
+    value = tensor.array().reshape(())
+    if tensor.dtype.name == "BFloat16":
+        return float((value.astype(np.uint32) << 16).view(np.float32))
+    return value.item()
+
+
 @dataclass
 class Tensor:
     """One named entry: a tensor whose bytes may be spread over several records ("pieces").
@@ -105,12 +115,7 @@ class Tensor:
         self._check_readable()
         if self.kind == "str":
             return self.string()
-        if self.n_elements != 1 or self.dtype.kind == "raw":
-            raise TypeError(f"{self.name} is not a scalar")
-        value = self.array().reshape(())
-        if self.dtype.name == "BFloat16":
-            return float((value.astype(np.uint32) << 16).view(np.float32))
-        return value.item()
+        return scalar_value(self)
 
     def _check_readable(self):
         if self.kind == "maptensor":

@@ -9,32 +9,18 @@ import json
 
 import numpy as np
 import pytest
-from conftest import LLAMA, TOKENIZER, convert
+from conftest import BOUNDS, LLAMA, TOKENIZER, convert, llama_logits, relative_error
 from gguf import GGMLQuantizationType as T, GGUFReader, LlamaFileType
 
 from llamacpp import LlamaModel
 
 VARIANTS = ["mha", "gqa_fused", "padded_vocab", "bf16", "k256"]
 
-# Bounds on max|logit difference| / max|logit|, and the share of positions whose argmax must agree.
-# f32 is the exactness test. The others lose precision in the weights and, in llama.cpp's CPU kernels,
-# in the activations (F16/BF16 matmuls round the activations too): measured worst cases over the five
-# fixtures were f16 1.2e-3, bf16 6.7e-3, q8_0 1.9e-2 (argmax at 15 of 16 positions or better).
-BOUNDS = {"f32": (1e-3, 1.0), "f16": (3e-3, 0.9), "bf16": (1.5e-2, 0.85), "q8_0": (5e-2, 0.85)}
 
 
 def reference(variant):
     tokens = json.loads((LLAMA / variant / "tokens.json").read_text())
     return tokens, np.load(LLAMA / variant / "logits.npy")
-
-
-def llama_logits(path, ids):
-    with LlamaModel(path) as model:
-        return model.logits(ids)
-
-
-def relative_error(got, ref):
-    return float(np.abs(got - ref).max() / np.abs(ref).max())
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, LLAMA, TOKENIZER, convert
+from conftest import BOUNDS, FIXTURES, LLAMA, TOKENIZER, convert, llama_logits, relative_error
 from gguf import GGUFReader
-
-from llamacpp import LlamaModel
 
 QWEN2, LLAMA3, QWEN3 = FIXTURES / "qwen2", FIXTURES / "llama3", FIXTURES / "qwen3"
 QWEN_TOKENIZER = QWEN2 / "tokenizer" / "tokenizer.json"
@@ -30,8 +28,8 @@ VARIANTS = {
     "qwen3/contiguous": (QWEN3 / "contiguous" / "model.ckpt", "qwen3", QWEN_TOKENIZER),
 }
 
-# As in test_convert_llama.py: max|logit diff| / max|logit| and the share of positions with the same argmax.
-BOUNDS = {"f32": (1e-3, 1.0), "f16": (3e-3, 0.9), "q8_0": (5e-2, 0.85)}
+# The Llama tests' bounds (conftest.BOUNDS) for the types tested here.
+BOUNDS = {t: BOUNDS[t] for t in ("f32", "f16", "q8_0")}
 
 
 def fixture_dir(variant):
@@ -41,15 +39,6 @@ def fixture_dir(variant):
 def reference(variant):
     folder = fixture_dir(variant)
     return json.loads((folder / "tokens.json").read_text())["ids"], np.load(folder / "logits.npy")
-
-
-def logits_of(path, ids):
-    with LlamaModel(path) as model:
-        return model.logits(ids)
-
-
-def relative_error(got, ref):
-    return float(np.abs(got - ref).max() / np.abs(ref).max())
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +62,14 @@ def converted(tmp_path_factory):
 
 def fails_reference(path, variant):
     ids, ref = reference(variant)
-    return relative_error(logits_of(path, ids), ref) > 10 * BOUNDS["f32"][0]
+    return relative_error(llama_logits(path, ids), ref) > 10 * BOUNDS["f32"][0]
 
 
 @pytest.mark.parametrize("outtype", list(BOUNDS))
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_logits_match_reference(converted, variant, outtype):
     ids, ref = reference(variant)
-    got = logits_of(converted(variant, outtype), ids)
+    got = llama_logits(converted(variant, outtype), ids)
     assert got.shape == ref.shape
     bound, argmax_share = BOUNDS[outtype]
     error = relative_error(got, ref)
@@ -148,7 +137,7 @@ def test_qwen3_r16_layout_flag(converted, tmp_path):
     (tmp_path / "config.yaml").write_text(text)
     shutil.copyfile(QWEN3 / "contiguous" / "config.json", tmp_path / "config.json")
     ids, ref = reference("qwen3/contiguous")
-    got = logits_of(converted("qwen3/contiguous", "f32", "--config", str(tmp_path / "config.yaml")), ids)
+    got = llama_logits(converted("qwen3/contiguous", "f32", "--config", str(tmp_path / "config.yaml")), ids)
     assert relative_error(got, ref) <= BOUNDS["f32"][0]
 
 

@@ -37,13 +37,11 @@ class Source:
         return self._map[index]
 
     def advise_sequential(self, offset, length):
-        """Hint that a range is about to be read once (helps readahead on big files)."""
-        if self.size and hasattr(self._map, "madvise"):
-            page = mmap.PAGESIZE
-            start = offset - offset % page
+        """Hint that a byte range is about to be read once, front to back (larger kernel readahead)."""
+        if hasattr(os, "posix_fadvise") and length:
             try:
-                self._map.madvise(mmap.MADV_SEQUENTIAL, start, offset + length - start)
-            except (OSError, ValueError):
+                os.posix_fadvise(self.fileno(), offset, length, os.POSIX_FADV_SEQUENTIAL)
+            except OSError:
                 pass
 
     def close(self):

@@ -60,8 +60,8 @@ class Checkpoint:
         """CRC-32 as MindSpore computes it for this format, or None when the format has no CRC."""
         if self.format == "ckpt":
             crc = 0
-            for pos in range(0, self._data_end, _CRC_CHUNK):
-                crc = zlib.crc32(self.source.view(pos, min(_CRC_CHUNK, self._data_end - pos)), crc)
+            for chunk in self.source.chunks(0, self._data_end, _CRC_CHUNK):
+                crc = zlib.crc32(chunk, crc)
             return crc
         if self.format == "safetensors":
             # chained over (name bytes, tensor bytes) in sorted name order (ckpt-format.md §9.1)
@@ -69,7 +69,8 @@ class Checkpoint:
             for t in sorted(self.tensors, key=lambda t: t.name):
                 crc = zlib.crc32(t.name.encode(), crc)
                 for off, n in t.byte_ranges():
-                    crc = zlib.crc32(self.source.view(off, n), crc)
+                    for chunk in t.source.chunks(off, n, _CRC_CHUNK):
+                        crc = zlib.crc32(chunk, crc)
             return crc
         return None
 

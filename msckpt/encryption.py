@@ -139,12 +139,9 @@ def _block(source, pos, key, mode, out, libs):
 
 def _stream(source, body, decryptor, out, unpad=None):
     pos, n = body
-    end = pos + n
-    while pos < end:
-        step = min(_CHUNK, end - pos)
-        data = decryptor.update(source.view(pos, step))
+    for chunk in source.chunks(pos, n, _CHUNK):
+        data = decryptor.update(chunk)
         out.write(unpad.update(data) if unpad else data)
-        pos += step
     data = decryptor.finalize()
     if unpad:
         out.write(unpad.update(data) + unpad.finalize())

@@ -4,11 +4,17 @@ import mmap
 import os
 
 
-class Source:
-    """A file opened for reading through a memory map.
+_BLOCK = 64 << 10      # indexing reads headers through a cache of one block this size
 
-    ``fileno()`` lets writers copy byte ranges in the kernel (``os.copy_file_range``) instead of
-    pulling them through Python; ``view()`` gives zero-copy memoryviews for numpy.
+
+class Source:
+    """A file opened for reading.
+
+    Indexing (``source[i]``, ``source[a:b]``) and streaming (``read_into``, ``chunks``) use positioned
+    reads: touching a memory map would make the kernel map in (and read ahead) tensor pages around every
+    record header, and those pages count as the process's memory. ``view()`` gives zero-copy
+    memoryviews of a memory map for numpy callers that ask for them; ``fileno()`` lets writers copy byte
+    ranges in the kernel (``os.copy_file_range``) instead of pulling them through Python.
     """
 
     def __init__(self, path, fileobj=None):
@@ -16,6 +22,7 @@ class Source:
         self._file = fileobj if fileobj is not None else open(path, "rb")
         self.size = os.fstat(self._file.fileno()).st_size
         self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
+        self._block_start, self._block = -1, b""
 
     def fileno(self):
         return self._file.fileno()
@@ -33,8 +40,33 @@ class Source:
                 raise OSError(f"{self.path}: unexpected end of file at byte {offset + done}")
             done += n
 
+    def chunks(self, offset, length, size=16 << 20):
+        """Yield the bytes [offset, offset+length) in pieces of at most ``size`` (a reused buffer)."""
+        buffer = bytearray(min(size, length))
+        end = offset + length
+        while offset < end:
+            view = memoryview(buffer)[:min(size, end - offset)]
+            self.read_into(offset, view)
+            yield view
+            offset += len(view)
+
     def __getitem__(self, index):
-        return self._map[index]
+        """A byte (int) or a slice (bytes) of the file, like indexing ``bytes``."""
+        if isinstance(index, slice):
+            start, stop, _ = index.indices(self.size)
+            if stop <= start:
+                return b""
+            if self._block_start <= start and stop <= self._block_start + len(self._block):
+                return self._block[start - self._block_start:stop - self._block_start]
+            return os.pread(self.fileno(), stop - start, start)
+        if index < 0:
+            index += self.size
+        if not 0 <= index < self.size:
+            raise IndexError("file index out of range")
+        if not self._block_start <= index < self._block_start + len(self._block):
+            self._block_start = index - index % _BLOCK
+            self._block = os.pread(self.fileno(), _BLOCK, self._block_start)
+        return self._block[index - self._block_start]
 
     def advise_sequential(self, offset, length):
         """Hint that a byte range is about to be read once, front to back (larger kernel readahead)."""

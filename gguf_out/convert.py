@@ -240,10 +240,10 @@ def _write(targets, plan, args, fmap):
                   disable=args.quiet, file=sys.stderr, leave=False) as bar:
             for i, out in enumerate(plan.outputs):
                 _write_tensor([(t.writer, t.types[i]) for t in targets], out, bar, args.threads)
+        # no fsync: the rename guarantees that a failed or interrupted run leaves nothing at OUT; durability
+        # against power loss is the filesystem's business, and an fsync would cost as much as the copy itself
         for target in targets:
             target.writer.finish()
-            target.file.flush()
-            os.fsync(target.file.fileno())
             target.file.close()
         for target, tmp_name in zip(targets, temps):
             _check_output(tmp_name, target.path, fmap)

@@ -24,6 +24,12 @@ Before every run: outputs deleted, ``sync`` (so writeback and ext4 discard of th
 overlap the next run), and the input is read once (warm page cache; ``--cold`` drops the cache instead:
 ``sync; echo 3 > /proc/sys/vm/drop_caches``, root only).
 
+Warm runs are "primed": just before each, the f16 checkpoint is copied to DATA/out and deleted
+(benchutil.prime_memory). On this VM (virtio-balloon free page reporting) a run that allocates a lot of memory
+is several times slower unless another process has just freed some: the same conversion took 1.1 s or 6.3 s
+depending on what ran before it. Priming gives every run the same start; --no-prime turns it off. The case order
+is also reversed every other repetition (ABBA), so use an even --repeats.
+
 BENCH_REPO=DIR runs the converter from another source tree (e.g. a prototype fix in a scratch copy, or a
 ``git archive`` snapshot of a commit; BENCH_COMMIT=SHA then records which commit it is).
 """
@@ -37,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchutil import cached_fraction, cpu_busy, drop_caches, machine_info, wait_quiet
+from benchutil import cached_fraction, cpu_busy, drop_caches, machine_info, prime_memory, wait_quiet
 
 REPO = Path(os.environ.get("BENCH_REPO") or Path(__file__).resolve().parent.parent)
 PY = sys.executable
@@ -69,6 +75,7 @@ def settle(out_dir, src, cold):
 
 
 QUIET = {"max_wait": 120.0, "threshold": 0.15}
+PRIME = {"on": True, "seconds": 0.0}
 
 
 def _status(pid):
@@ -190,6 +197,7 @@ def one_run(case, data, out_dir, cold, tree=None, tag=""):
         note = settle(out_dir, src, cold)
         cached = cached_fraction(src)
         dst = out_dir / "cp.ckpt"
+        PRIME["seconds"] = prime_memory(src, out_dir / "prime.tmp") if PRIME["on"] and not cold else 0.0
         r = run_measured(["cp", str(src), str(dst)])
         t0 = time.perf_counter()
         sh("sync", str(dst))
@@ -202,10 +210,13 @@ def one_run(case, data, out_dir, cold, tree=None, tag=""):
         note = settle(out_dir, src, cold)
         cached = cached_fraction(src)
         out = out_dir / f"{case}.gguf"
+        PRIME["seconds"] = (prime_memory(data / "f16" / "model.ckpt", out_dir / "prime.tmp")
+                            if PRIME["on"] and not cold else 0.0)
         r = run_measured(converter_cmd(src, out, outtype, dry=case == "dry"), cwd=tree, env=converter_env(tree))
         if case != "dry":
             r["output"] = check_output(out, src, outtype)
     r.update(case=f"{case}@{tag}" if tag and case != "cp" else case, tree=str(tree), cold=cold,
+             prime_s=PRIME["seconds"],
              cached_before=cached, quiet_wait_s=waited, busy_before=busy)
     if note:
         r["drop_caches_error"] = note
@@ -275,7 +286,11 @@ def main(argv=None):
     p.add_argument("--quiet-wait", type=float, default=120.0, help="before each run, wait up to this many seconds "
                    "for the machine to be idle (< --quiet-threshold busy for 1 s) (default: %(default)s)")
     p.add_argument("--quiet-threshold", type=float, default=0.15)
+    p.add_argument("--no-prime", dest="prime", action="store_false", help="do not copy+delete the f16 checkpoint "
+                   "before each warm run (benchutil.prime_memory: without it, this VM's timings depend on what ran "
+                   "before)")
     a = p.parse_args(argv)
+    PRIME["on"] = a.prime
     QUIET.update(max_wait=a.quiet_wait, threshold=a.quiet_threshold)
 
     out_dir = a.data / "out"
@@ -300,8 +315,10 @@ def main(argv=None):
     plan = [(case, None, "") if case == "cp" else (case, path, name) for case in cases
             for name, path in (trees if case != "cp" else trees[:1])]
     warm = []
-    for _ in range(a.repeats):
-        for case, tree, tag in plan:
+    for rep in range(a.repeats):
+        # ABBA order: every other repetition runs the plan backwards, so what ran before a case (which matters
+        # on this VM, see benchutil.prime_memory) is balanced over an even number of repeats.
+        for case, tree, tag in (plan if rep % 2 == 0 else plan[::-1]):
             warm.append(one_run(case, a.data, out_dir, cold=False, tree=tree, tag=tag))
     report["warm"] = warm
     report["warm_summary"] = summarize(warm, facts)
@@ -311,8 +328,9 @@ def main(argv=None):
 
     if a.cold:
         cold = []
-        for _ in range(a.repeats):
-            for case, tree, tag in [x for x in plan if x[0] in ("cp", "f16")]:
+        cold_plan = [x for x in plan if x[0] in ("cp", "f16")]
+        for rep in range(a.repeats):
+            for case, tree, tag in (cold_plan if rep % 2 == 0 else cold_plan[::-1]):
                 cold.append(one_run(case, a.data, out_dir, cold=True, tree=tree, tag=tag))
         errors = {r["drop_caches_error"] for r in cold if "drop_caches_error" in r}
         report["cold"] = cold

@@ -100,26 +100,18 @@ def machine_info(path="/work"):
     return info
 
 
-def prefault(gib):
-    """Touch ``gib`` GiB of fresh anonymous memory, then free it, right before a measured run.
 
-    On this VM free memory is handed back to the host (virtio-balloon free page reporting, 2 MiB blocks,
-    /sys/module/page_reporting); the first use of such memory afterwards costs a host-side fault per page,
-    which shows up as kernel (sys) time in whatever process allocates next: the page cache of a cp's
-    destination, numpy temporaries. After an idle moment (as when waiting for a quiet machine) cp of 2 GB
-    took 1.7-2.6 s instead of 0.55 s. Touching memory first makes the runs comparable. Returns the seconds spent.
+def prime_memory(src, scratch):
+    """Copy ``src`` to ``scratch`` and delete it, right before a measured run; returns the seconds spent.
+
+    On this VM free memory is handed back to the host (virtio-balloon free page reporting in 2 MiB blocks,
+    /sys/module/page_reporting): the next process to allocate that memory pays a host-side fault per page,
+    seen as kernel (sys) time. The same 2 GB cp took 0.55 s right after another run had freed memory and
+    1.5-4 s after a few idle seconds; the same f16 conversion 1.1 s or 6.3 s depending on what ran before it.
+    Freeing a file-sized batch of page cache just before the run gives every run the same, fast start.
     """
-    if not gib:
-        return 0.0
-    import mmap
     t0 = time.perf_counter()
-    n = int(gib * (1 << 30))
-    m = mmap.mmap(-1, n)
-    try:
-        import numpy as np
-        np.frombuffer(m, np.uint8)[::4096] = 1       # one write per 4 KiB page
-    except ImportError:
-        for pos in range(0, n, 4096):
-            m[pos] = 1
-    m.close()
+    subprocess.run(["cp", str(src), str(scratch)], check=True)
+    os.unlink(scratch)
+    subprocess.run(["sync"], check=True)
     return time.perf_counter() - t0

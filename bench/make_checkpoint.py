@@ -32,7 +32,6 @@ regenerate the first chunk of every tensor and compare it with what msckpt reads
 """
 
 import argparse
-import hashlib
 import math
 import os
 import shutil

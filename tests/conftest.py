@@ -33,6 +33,11 @@ def llama_logits(path, ids):
         return model.logits(ids)
 
 
+def gguf_value(reader, key):
+    """A metadata value of a gguf.GGUFReader as a Python value."""
+    return reader.fields[key].contents()
+
+
 def relative_error(got, ref):
     return float(abs(got - ref).max() / abs(ref).max())
 

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import BOUNDS, LLAMA, TOKENIZER, convert, llama_logits, relative_error
+from conftest import BOUNDS, LLAMA, TOKENIZER, convert, gguf_value, llama_logits, relative_error
 from gguf import GGMLQuantizationType as T, GGUFReader, LlamaFileType
 
 from llamacpp import LlamaModel
@@ -105,36 +105,31 @@ def test_types_and_metadata(converted, outtype, file_type, weight_type):
         assert tensor.tensor_type == expected, tensor.name
 
 
-def _value(reader, key):
-    field = reader.fields[key]
-    return field.contents()
-
-
 def test_hparams_and_vocab_metadata(converted):
     reader = GGUFReader(converted("gqa_fused", "f16"))
-    assert _value(reader, "general.architecture") == "llama"
-    assert _value(reader, "llama.block_count") == 2
-    assert _value(reader, "llama.embedding_length") == 64
-    assert _value(reader, "llama.feed_forward_length") == 160
-    assert _value(reader, "llama.attention.head_count") == 8
-    assert _value(reader, "llama.attention.head_count_kv") == 2
-    assert _value(reader, "llama.context_length") == 4096
-    assert _value(reader, "llama.rope.freq_base") == pytest.approx(500000.0)
-    assert _value(reader, "llama.attention.layer_norm_rms_epsilon") == pytest.approx(1e-6)
-    assert _value(reader, "llama.rope.dimension_count") == 8
-    assert _value(reader, "tokenizer.ggml.model") == "llama"
-    assert _value(reader, "tokenizer.ggml.bos_token_id") == 1
-    assert _value(reader, "tokenizer.ggml.eos_token_id") == 2
-    assert _value(reader, "tokenizer.ggml.add_bos_token") is True
-    assert "[INST]" in _value(reader, "tokenizer.chat_template")
-    assert len(_value(reader, "tokenizer.ggml.tokens")) == 480
+    assert gguf_value(reader, "general.architecture") == "llama"
+    assert gguf_value(reader, "llama.block_count") == 2
+    assert gguf_value(reader, "llama.embedding_length") == 64
+    assert gguf_value(reader, "llama.feed_forward_length") == 160
+    assert gguf_value(reader, "llama.attention.head_count") == 8
+    assert gguf_value(reader, "llama.attention.head_count_kv") == 2
+    assert gguf_value(reader, "llama.context_length") == 4096
+    assert gguf_value(reader, "llama.rope.freq_base") == pytest.approx(500000.0)
+    assert gguf_value(reader, "llama.attention.layer_norm_rms_epsilon") == pytest.approx(1e-6)
+    assert gguf_value(reader, "llama.rope.dimension_count") == 8
+    assert gguf_value(reader, "tokenizer.ggml.model") == "llama"
+    assert gguf_value(reader, "tokenizer.ggml.bos_token_id") == 1
+    assert gguf_value(reader, "tokenizer.ggml.eos_token_id") == 2
+    assert gguf_value(reader, "tokenizer.ggml.add_bos_token") is True
+    assert "[INST]" in gguf_value(reader, "tokenizer.chat_template")
+    assert len(gguf_value(reader, "tokenizer.ggml.tokens")) == 480
 
 
 def test_padded_vocabulary(converted):
     """The token list is padded to the embedding rows with unique unused tokens."""
     reader = GGUFReader(converted("padded_vocab", "f16"))
-    tokens = _value(reader, "tokenizer.ggml.tokens")
-    types = _value(reader, "tokenizer.ggml.token_type")
+    tokens = gguf_value(reader, "tokenizer.ggml.tokens")
+    types = gguf_value(reader, "tokenizer.ggml.token_type")
     assert len(tokens) == 576 == len(set(tokens))
     assert tokens[480] == "[PAD480]" and set(types[480:]) == {5}     # UNUSED
 

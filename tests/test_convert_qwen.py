@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import BOUNDS, FIXTURES, LLAMA, TOKENIZER, convert, llama_logits, relative_error
+from conftest import BOUNDS, FIXTURES, LLAMA, TOKENIZER, convert, gguf_value, llama_logits, relative_error
 from gguf import GGUFReader
 
 QWEN2, LLAMA3, QWEN3 = FIXTURES / "qwen2", FIXTURES / "llama3", FIXTURES / "qwen3"
@@ -143,22 +143,18 @@ def test_qwen3_r16_layout_flag(converted, tmp_path):
 
 # --- what the GGUF says ------------------------------------------------------------------------------------------
 
-def values(reader, key):
-    return reader.fields[key].contents()
-
-
 def test_qwen3_metadata(converted):
     reader = GGUFReader(converted("qwen3/tied", "f16"))
-    assert values(reader, "general.architecture") == "qwen3"
-    assert values(reader, "qwen3.attention.head_count") == 4
-    assert values(reader, "qwen3.attention.head_count_kv") == 2
+    assert gguf_value(reader, "general.architecture") == "qwen3"
+    assert gguf_value(reader, "qwen3.attention.head_count") == 4
+    assert gguf_value(reader, "qwen3.attention.head_count_kv") == 2
     # head_dim 24 != hidden 64 / 4 heads: llama.cpp needs the key/value lengths
-    assert values(reader, "qwen3.attention.key_length") == 24
-    assert values(reader, "qwen3.attention.value_length") == 24
-    assert values(reader, "qwen3.rope.freq_base") == pytest.approx(1e6)
-    assert values(reader, "tokenizer.ggml.model") == "gpt2"
-    assert values(reader, "tokenizer.ggml.pre") == "qwen2"
-    assert len(values(reader, "tokenizer.ggml.tokens")) == 448          # 403 tokens padded to the embedding rows
+    assert gguf_value(reader, "qwen3.attention.key_length") == 24
+    assert gguf_value(reader, "qwen3.attention.value_length") == 24
+    assert gguf_value(reader, "qwen3.rope.freq_base") == pytest.approx(1e6)
+    assert gguf_value(reader, "tokenizer.ggml.model") == "gpt2"
+    assert gguf_value(reader, "tokenizer.ggml.pre") == "qwen2"
+    assert len(gguf_value(reader, "tokenizer.ggml.tokens")) == 448          # 403 tokens padded to the embedding rows
     names = {t.name for t in reader.tensors}
     assert "blk.1.attn_q_norm.weight" in names and "blk.1.attn_k_norm.weight" in names
     assert "output.weight" not in names                                 # tied: llama.cpp reuses token_embd
@@ -166,9 +162,9 @@ def test_qwen3_metadata(converted):
 
 def test_qwen2_metadata(converted):
     reader = GGUFReader(converted("qwen2/fused", "f16"))
-    assert values(reader, "general.architecture") == "qwen2"
-    assert values(reader, "qwen2.attention.layer_norm_rms_epsilon") == pytest.approx(1e-6)
-    assert values(reader, "tokenizer.ggml.pre") == "qwen2"
+    assert gguf_value(reader, "general.architecture") == "qwen2"
+    assert gguf_value(reader, "qwen2.attention.layer_norm_rms_epsilon") == pytest.approx(1e-6)
+    assert gguf_value(reader, "tokenizer.ggml.pre") == "qwen2"
     names = {t.name for t in reader.tensors}
     assert {"blk.0.attn_q.bias", "blk.0.attn_k.bias", "blk.0.attn_v.bias", "output.weight"} <= names
     assert "output.weight" not in {t.name for t in GGUFReader(converted("qwen2/tied", "f16")).tensors}
@@ -190,8 +186,8 @@ def test_llama3_rope_freqs(converted):
     expected = llama31_rope_divisors(500000.0, 16, 8.0, 1.0, 4.0, 64)
     assert rope.tensor_type == 0 and np.allclose(np.asarray(rope.data), expected, rtol=1e-6)
     assert len(set(np.round(expected, 4))) == 3         # all three branches: 1, factor and a blend
-    assert values(reader, "tokenizer.ggml.pre") == "llama-bpe"
-    assert values(reader, "tokenizer.ggml.add_bos_token") is True
+    assert gguf_value(reader, "tokenizer.ggml.pre") == "llama-bpe"
+    assert gguf_value(reader, "tokenizer.ggml.add_bos_token") is True
 
 
 def test_llama3_hf_config_gives_the_same_gguf(converted):

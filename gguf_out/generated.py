@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from msckpt.box import slice_array
 from msckpt.dtypes import DTYPES
 
 from .errors import ConvertError
@@ -38,6 +39,9 @@ class GeneratedTensor:
 
     def rows(self, start, stop):
         return self._values[start:stop]
+
+    def read_box(self, box):
+        return slice_array(self._values, box).copy()
 
     def byte_ranges(self):
         return None                   # not in any file: never raw-copied

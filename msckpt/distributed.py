@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import box as boxes
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import CheckpointError
 from .strategy import load_strategy
@@ -304,18 +305,19 @@ class MergedTensor:
 
     def rows(self, start, stop):
         """Rows [start, stop) along axis 0, read from only the shards that cover them."""
-        start, stop = max(0, start), min(stop, self.shape[0])
-        out = np.empty((max(0, stop - start),) + tuple(self.shape[1:]), self.dtype.np_dtype)
+        return self.read_box(((start, stop),))
+
+    def read_box(self, box):
+        """A box of the merged tensor (msckpt/box.py), each covering shard read for its part of it only."""
+        box = boxes.normalize(box, self.shape)
+        out = np.empty(tuple(b - a for a, b in box), self.dtype.np_dtype)
         for shard, offset in self.tiles:
-            lo, hi = max(start, offset[0]), min(stop, offset[0] + shard.shape[0])
-            if lo >= hi:
+            part = [(max(a, o), min(b, o + n)) for (a, b), o, n in zip(box, offset, shard.shape)]
+            if any(lo >= hi for lo, hi in part):
                 continue
-            if tuple(shard.shape[1:]) == tuple(self.shape[1:]):     # full-width rows: read straight into place
-                _read_rows(shard, lo - offset[0], hi - offset[0], out[lo - start:hi - start])
-                continue
-            block = (slice(lo - start, hi - start),) + tuple(slice(o, o + n)
-                                                             for o, n in zip(offset[1:], shard.shape[1:]))
-            out[block] = _read_rows(shard, lo - offset[0], hi - offset[0])
+            local = tuple((lo - o, hi - o) for (lo, hi), o in zip(part, offset))
+            where = tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(part, box))
+            out[where] = _read_box(shard, local)
         return out
 
     def raw(self):
@@ -329,27 +331,24 @@ class MergedTensor:
         return scalar_value(self)
 
 
-def _read_rows(shard, lo, hi, out=None):
-    """Rows [lo, hi) of a shard, read with pread from its file rather than through the memory map: merging
-    touches every shard once, and mapped pages would stay resident in the process (its RSS would grow to the
-    size of all shards) while pread leaves them to the page cache."""
-    if out is None:
-        out = np.empty((hi - lo,) + tuple(shard.shape[1:]), shard.dtype.np_dtype)
-    buf = memoryview(out.reshape(-1).view(np.uint8))
-    row = len(buf) // max(1, hi - lo)
-    want_lo, want_hi = lo * row, hi * row
-    fd, pos = shard.source.fileno(), 0
-    for off, n in shard.byte_ranges():
-        a, b = max(pos, want_lo), min(pos + n, want_hi)
-        while a < b:
-            got = os.preadv(fd, [buf[a - want_lo:b - want_lo]], off + a - pos)
-            if got <= 0:
-                raise CheckpointError(shard.source.path, f"file ends inside '{shard.name}'", off + a - pos)
-            a += got
-        pos += n
-        if pos >= want_hi:
-            break
-    return out
+def _read_box(shard, box):
+    """A box of a shard, read with pread from its file rather than through the memory map: merging touches every
+    shard once, and mapped pages would stay resident in the process (its RSS would grow to the size of all shards)
+    while pread leaves them to the page cache."""
+    def read_bytes(offset, buffer):
+        want_lo, want_hi, pos = offset, offset + len(buffer), 0
+        fd = shard.source.fileno()
+        for off, n in shard.byte_ranges():
+            a, b = max(pos, want_lo), min(pos + n, want_hi)
+            while a < b:
+                got = os.preadv(fd, [buffer[a - want_lo:b - want_lo]], off + a - pos)
+                if got <= 0:
+                    raise CheckpointError(shard.source.path, f"file ends inside '{shard.name}'", off + a - pos)
+                a += got
+            pos += n
+            if pos >= want_hi:
+                break
+    return boxes.read_box(shard.shape, shard.dtype.np_dtype, box, read_bytes)
 
 
 class DistributedCheckpoint(Checkpoint):

@@ -5,6 +5,8 @@ from math import prod
 
 import numpy as np
 
+from . import box as boxes
+
 
 def scalar_value(tensor):
     """A one-element numeric tensor as a Python value (BFloat16 bits widened to a float)."""
@@ -86,23 +88,25 @@ class Tensor:
         Read with positioned reads, not through the memory map: streaming a whole model row band by row
         band then leaves no file pages mapped into the process (they would count as its memory).
         """
+        return self.read_box(((start, stop),))
+
+    def read_box(self, box):
+        """The box ``box`` (a (start, stop) pair or slice per axis; missing trailing axes whole) as a new array,
+        reading only the bytes it needs (msckpt/box.py)."""
         self._check_readable()
-        start, stop, _ = slice(start, stop).indices(self.shape[0])
-        stop = max(start, stop)
-        ranges = self.byte_ranges()
-        row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
-        want_lo, want_hi = start * row_bytes, stop * row_bytes
-        out = np.empty((stop - start,) + tuple(self.shape[1:]), self.dtype.np_dtype)
-        flat = out.reshape(-1).view(np.uint8)
+        return boxes.read_box(self.shape, self.dtype.np_dtype, box, self._read_bytes)
+
+    def _read_bytes(self, offset, buffer):
+        """Fill ``buffer`` with the element bytes from byte ``offset`` of the tensor on, across its pieces."""
+        want_lo, want_hi = offset, offset + len(buffer)
         pos = 0                       # byte position of the current piece within the tensor
-        for off, length in ranges:
+        for off, length in self.byte_ranges():
             lo, hi = max(pos, want_lo), min(pos + length, want_hi)
             if lo < hi:
-                self.source.read_into(off + lo - pos, flat[lo - want_lo:hi - want_lo])
+                self.source.read_into(off + lo - pos, buffer[lo - want_lo:hi - want_lo])
             pos += length
             if pos >= want_hi:
                 break
-        return out
 
     def string(self):
         """A ``str`` entry's text (stored as UTF-32LE, NUL-padded)."""

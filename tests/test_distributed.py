@@ -118,9 +118,9 @@ def test_rows_read_only_the_covering_shards(monkeypatch):
         assert len(wq.tiles) == 4 and wq.shard_shape == (16, 64)
         offsets = {id(shard): offset for shard, offset in wq.tiles}
         calls = []
-        read = dist._read_rows
-        monkeypatch.setattr(dist, "_read_rows", lambda shard, lo, hi, out=None:
-                            calls.append((offsets[id(shard)], lo, hi)) or read(shard, lo, hi, out))
+        read = dist._read_box
+        monkeypatch.setattr(dist, "_read_box", lambda shard, box:
+                            calls.append((offsets[id(shard)],) + tuple(box[0])) or read(shard, box))
         whole = wq.array()
         calls.clear()
         assert wq.rows(20, 30).tobytes() == whole[20:30].tobytes()
@@ -128,6 +128,10 @@ def test_rows_read_only_the_covering_shards(monkeypatch):
         calls.clear()
         assert wq.rows(10, 40).tobytes() == whole[10:40].tobytes()
         assert calls == [((0, 0), 10, 16), ((16, 0), 0, 16), ((32, 0), 0, 8)]
+        calls.clear()
+        # a box across shards on both axes reads each shard's part of it only
+        assert wq.read_box(((14, 18), (3, 9))).tobytes() == whole[14:18, 3:9].tobytes()
+        assert calls == [((0, 0), 14, 16), ((16, 0), 0, 2)]
 
 
 def test_strategy_parsing():

@@ -346,6 +346,32 @@ def test_rows_match_array_slices(name):
                 assert band.tobytes() == full[start:stop].tobytes(), (t.name, start, stop)
 
 
+@pytest.mark.parametrize("cover", [True, False])
+@pytest.mark.parametrize("name", ALL)
+def test_read_box_matches_array_slices(name, cover, monkeypatch):
+    """Tensor.read_box reads any box (a range on every axis): equal to slicing array(), whether the box is read
+    through its contiguous cover or run by run (cover off), across record boundaries of sliced tensors too."""
+    import msckpt.box
+
+    if not cover:
+        monkeypatch.setattr(msckpt.box, "_COVER_BYTES", 0)
+        monkeypatch.setattr(msckpt.box, "_COVER_FACTOR", 0)
+    rng = np.random.default_rng(7)
+    with open_fixture(name) as ckpt:
+        for t in ckpt:
+            if t.kind != "tensor" or len(t.shape) < 1 or t.dtype.kind == "raw":
+                continue
+            full = t.array()
+            for _ in range(12):
+                box = []
+                for n in t.shape:
+                    start = int(rng.integers(0, n + 1))
+                    box.append((start, int(rng.integers(start, n + 1))))
+                want = full[tuple(slice(a, b) for a, b in box)]
+                got = t.read_box(box)
+                assert got.shape == want.shape and got.tobytes() == want.tobytes(), (t.name, box)
+
+
 @pytest.mark.parametrize("name", ["plain.ckpt", "sliced_tensor_path.ckpt", "sliced_numpy_path.ckpt"])
 def test_rows_out_of_range_never_returns_uninitialised_memory(name):
     """rows() past the end (or with a negative start) must clip like numpy slicing, or raise.

@@ -54,7 +54,10 @@ def read_config(path):
         if not isinstance(config, dict):
             raise ConvertError(f"{path}: MindFormers yaml without model.model_config")
         hf_config = _pretrained_config(path, data, config)
-        return {**hf_config, **config} if hf_config else dict(config)
+        merged = {**hf_config, **config} if hf_config else dict(config)
+        if isinstance(data.get("moe_config"), dict) and "moe_config" not in merged:
+            merged["moe_config"] = data["moe_config"]     # legacy MoE models: a top-level section of the yaml
+        return merged
     return _flatten_rope_parameters(data)   # HF config.json (or a bare model_config)
 
 
@@ -110,8 +113,9 @@ def resolve(family_map, config, config_path):
     hp = HParams()
     for name, keys in family_map.config_keys.items():
         for key in keys:
-            if config.get(key) is not None:
-                hp.put(name, config[key], f"{config_path}: {key}")
+            value = lookup(config, key)
+            if value is not None:
+                hp.put(name, value, f"{config_path}: {key}")
                 break
         else:
             if name in family_map.defaults:
@@ -171,6 +175,31 @@ def complete(hp, observed, config_path):
             hp.put("ffn_size", derived, "derived from hidden_size, multiple_of and ffn_dim_multiplier "
                    f"in {config_path}")
         check("ffn_size", observed["ffn_size"][0], observed["ffn_size"][1])
+    handled = {"hidden_size", "num_layers", "vocab_size", "head_dim", "kv_width", "q_width", "ffn_size"}
+    for name, (value, what) in observed.items():
+        if name not in handled:
+            check(name, value, what)
     if "context_length" not in hp:
         raise ConvertError(f"{config_path}: no context length (seq_length / max_position_embedding)")
     return hp
+
+
+def lookup(config, key):
+    """config[key], where a dotted key reaches into nested sections ("moe_config.expert_num")."""
+    value = config
+    for part in key.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def ignored_settings(family_map, config, config_path):
+    """Warnings for config settings MindFormers ignores for this family (the map's ``ignored_config``: key ->
+    [values that mean 'not set', why]), so a user does not expect them to shape the GGUF."""
+    notes = []
+    for key, (unset, why) in family_map.ignored_config.items():
+        value = lookup(config, key)
+        if value is not None and value not in unset:
+            notes.append(f"{config_path}: {key} is {value!r}, but {why}")
+    return notes

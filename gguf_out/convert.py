@@ -173,6 +173,8 @@ def run(args):
         targets = [_target(outtype, path, plan, fmap, vocab, name) for outtype, path in zip(args.outtype, out_paths)]
         for warning in vocab.warnings + plan.notes + [n for t in targets[1:] for n in t.notes]:
             print(f"ms2gguf: warning: {warning}", file=sys.stderr)
+        for fact in plan.facts:
+            log(args, f"note: {fact}")
         if args.verbose or args.dry_run:
             _print_plan(plan, targets, sys.stdout if args.dry_run else sys.stderr)
         if args.dry_run:

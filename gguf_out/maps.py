@@ -107,7 +107,10 @@ class FamilyMap:
             self.rope_permute = bool(data.get("rope_permute", False))
             self.config_keys = data.get("config", {})
             self.defaults = data.get("defaults", {})
-            self.metadata = data.get("metadata", {})
+            # {GGUF key: (type, hyperparameter)}; a third entry "optional" writes the key only when the value is known
+            metadata = data.get("metadata", {})
+            self.metadata = {key: tuple(spec[:2]) for key, spec in metadata.items()}
+            self.optional_metadata = {key for key, spec in metadata.items() if spec[2:] == ["optional"]}
             self.rules = [Rule(spec, where) for spec in data["tensors"]]
             self.shapes = data.get("shapes", {})
             self.required = data.get("required", [])

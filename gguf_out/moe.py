@@ -18,11 +18,11 @@ FIXED_GATING = ("softmax", "sigmoid")
 
 
 def check_routing(fmap, hp, config_path, allow_inexact):
-    """Warnings; raises ConvertError for routing the GGUF cannot carry unless ``allow_inexact``. Sets
+    """(warnings, notes); raises ConvertError for routing the GGUF cannot carry unless ``allow_inexact``. Sets
     ``expert_scale_fold`` (the factor the map's scale step multiplies into ffn_down_exps, 1 if none)."""
     spec = fmap.routing
     if not spec or not hp.get("n_expert"):
-        return []
+        return [], []
     k = int(hp.get("n_expert_used") or 0)
     if k < 1:
         raise ConvertError(f"{config_path}: no number of experts per token ({_keys(fmap, 'n_expert_used')}); "
@@ -33,7 +33,7 @@ def check_routing(fmap, hp, config_path, allow_inexact):
     norm = bool(hp.get("norm_topk_prob", True)) and k > 1
     scale = hp.get("routed_scaling_factor")
     scale = 1.0 if scale is None else float(scale)
-    problems, notes = [], []
+    problems, warnings, notes = [], [], []
     arch = fmap.arch
     if spec.get("gating") in FIXED_GATING and gating != spec["gating"]:
         problems.append(f"the router uses {gating} scores ({_where(hp, 'score_function', 'gating_sigmoid')}), but "
@@ -50,9 +50,9 @@ def check_routing(fmap, hp, config_path, allow_inexact):
     if scale != 1.0:
         if spec.get("scale") == "fold":
             fold = scale
-            notes.append(f"{_where(hp, 'routed_scaling_factor')} = {scale:g}: llama.cpp's {arch} has no routing "
-                         "scale, so it is multiplied into the expert down projections (ffn_down_exps), which gives "
-                         "the same outputs")
+            notes.append(f"{config_path}: {_where(hp, 'routed_scaling_factor')} = {scale:g}: llama.cpp's {arch} "
+                         "has no routing scale, so it is multiplied into the expert down projections "
+                         "(ffn_down_exps), which gives the same outputs")
         elif spec.get("scale") != "key":
             problems.append(f"{_where(hp, 'routed_scaling_factor')} is {scale:g}, which llama.cpp's {arch} cannot "
                             "apply")
@@ -61,8 +61,8 @@ def check_routing(fmap, hp, config_path, allow_inexact):
     for problem in problems:
         if not allow_inexact:
             raise ConvertError(f"{config_path}: {problem}; pass --allow-inexact to convert anyway")
-        notes.append(f"{config_path}: {problem} (converting anyway: --allow-inexact)")
-    return notes
+        warnings.append(f"{config_path}: {problem} (converting anyway: --allow-inexact)")
+    return warnings, notes
 
 
 def _gating(hp):

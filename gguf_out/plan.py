@@ -52,8 +52,9 @@ class Plan:
     skipped: list             # (name, reason)
     hp: dict
     num_layers: int
-    notes: list = field(default_factory=list)
+    notes: list = field(default_factory=list)     # warnings: what the GGUF cannot carry or was decided by guess
     arch: str = "llama"
+    facts: list = field(default_factory=list)     # notes: how something was converted exactly (e.g. folded)
 
     def types(self, outtype):
         """[(ggml type, fallback note)] per output for an --outtype preset: llama-quantize's per-tensor mixing
@@ -232,9 +233,10 @@ def build(ckpt, fmap, config, config_path, options):
     hparams.complete(hp, _observe(groups, fmap, ckpt.path, hp), config_path)
     num_layers = int(hp["num_layers"])
     notes = _config_notes(config, config_path) + hparams.ignored_settings(fmap, config, config_path)
-    notes += moe.check_routing(fmap, hp, config_path, options.allow_inexact)
+    routing_notes, facts = moe.check_routing(fmap, hp, config_path, options.allow_inexact)
+    notes += routing_notes
     layouts, layout_note = fused_layouts(fmap, config, options, ckpt)
-    notes += [layout_note] if layout_note else []
+    facts += [f"{ckpt.path}: {layout_note}"] if layout_note else []
 
     outputs = [Output(t.name, X.Source(t), tuple(t.shape), transform=f"generated: {t.what}")
                for t in generated.tensors(fmap, hp, config, config_path)]
@@ -254,7 +256,7 @@ def build(ckpt, fmap, config, config_path, options):
     _check_outputs(outputs, fmap, hp, num_layers, ckpt.path)
     _check_layer_kinds(outputs, fmap, hp, num_layers, ckpt.path)
     _check_untied_output(outputs, fmap, hp, ckpt.path)
-    plan = Plan(outputs, skipped, hp, num_layers, notes, fmap.arch)
+    plan = Plan(outputs, skipped, hp, num_layers, notes, fmap.arch, facts)
     for out, (ggml_type, note) in zip(outputs, plan.types(options.outtype)):
         out.ggml_type, out.note = ggml_type, note
     plan.notes += [f"{out.name}: {out.note}" for out in outputs if out.note]

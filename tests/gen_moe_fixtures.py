@@ -47,6 +47,7 @@ FIXTURES = HERE / "fixtures"
 sys.path.insert(0, str(HERE))
 
 SEQ_LENGTH = 32
+CANDIDATES = 24          # seeds tried per fixture (the most decisive routing wins)
 QWEN_TOKENIZER = FIXTURES / "qwen2" / "tokenizer" / "tokenizer.json"
 LLAMA_TOKENIZER = FIXTURES / "llama" / "tokenizer" / "tokenizer.model"
 
@@ -66,7 +67,7 @@ MIXTRAL = {
 # ---------------------------------------------------------------------------------------------------------------
 
 def qwen3_moe_weights(v, seed_offset=0):
-    rs = np.random.RandomState(v["seed"] + seed_offset)
+    rs = np.random.RandomState(v["seed"] + 97 * seed_offset)
     H, nh, nkv, hd, E, F, V = v["H"], v["nh"], v["nkv"], v["hd"], v["E"], v["F"], v["rows"]
 
     def lin(o, i, gain=0.9):
@@ -96,8 +97,8 @@ def qwen3_moe_weights(v, seed_offset=0):
     return {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in w.items()}
 
 
-def mixtral_weights(v):
-    rs = np.random.RandomState(v["seed"])
+def mixtral_weights(v, seed_offset=0):
+    rs = np.random.RandomState(v["seed"] + 97 * seed_offset)
     H, nh, nkv, E, F, V = v["H"], v["nh"], v["nkv"], v["E"], v["F"], v["rows"]
     hd = H // nh
 
@@ -207,10 +208,25 @@ def hf_worker(job_path: Path) -> None:
         if bad:
             raise RuntimeError(f"{task['name']}: loading {task['dir']}: {bad}")
         model.eval()
+        margins = []
+
+        def margin(module, args, _output):
+            # how far each token is from choosing other experts: the gap between its k-th and (k+1)-th router
+            # logit, in units of the logits' spread (routing flips under quantization noise when this is small)
+            scores = torch.nn.functional.linear(args[0].reshape(-1, args[0].shape[-1]), module.weight)
+            top = torch.sort(scores, dim=-1, descending=True).values
+            k = task["k"]
+            margins.append(float(((top[:, k - 1] - top[:, k]) / scores.std()).min()))
+
+        for module in model.modules():
+            if type(module).__name__.endswith("TopKRouter"):
+                module.register_forward_hook(margin)
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([task["ids"]])).logits[0].to(torch.float32).numpy()
         np.save(task["logits"], logits)
-        print(f"hf {task['name']}: {type(model).__name__}, logits {logits.shape}", flush=True)
+        Path(task["logits"]).with_suffix(".margin").write_text(str(min(margins)))
+        print(f"hf {task['name']}: {type(model).__name__}, logits {logits.shape}, routing margin {min(margins):.3f}",
+              flush=True)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
 
 
@@ -371,23 +387,38 @@ def generate(out: Path, work: Path, hf_python: str) -> dict:
     sp = spm.SentencePieceProcessor(model_file=str(LLAMA_TOKENIZER))
     mids = [1] + sp.encode(TEXT)
 
+    # Each fixture's weights come from the seed (of CANDIDATES tried) whose routing is the most decisive, so that
+    # the quantized conversions do not flip a token's top-k experts (which changes its logits wholesale).
     v = QWEN3_MOE
     hf_cfg = qwen3_moe_hf_config(v, qpad, qpad)
-    write_hf_dir(work / "qwen3_moe_train_hf", hf_cfg, qwen3_moe_weights(v))
-    write_hf_dir(work / "qwen3_moe_infer_hf", hf_cfg, round_bf16(qwen3_moe_weights(v, seed_offset=1)))
-    tasks = [dict(name=f"qwen3_moe/{k}", dir=str(work / f"qwen3_moe_{k}_hf"), ids=qids,
-                  logits=str(work / f"qwen3_moe_{k}.npy")) for k in ("train", "infer")]
+    makers = {"qwen3_moe/train": (lambda seed: qwen3_moe_weights(v, seed), hf_cfg, qids, v["k"]),
+              "qwen3_moe/infer": (lambda seed: round_bf16(qwen3_moe_weights(v, seed)), hf_cfg, qids, v["k"])}
     for name, mv in MIXTRAL.items():
-        w = mixtral_weights(mv)
-        stem = name.replace("/", "_")
-        np.savez(work / f"{stem}.npz", **w)
-        if mv["scale"] != 1.0:   # the routing scale multiplies every expert's output: the same as scaling w2
-            w = {k: a * np.float32(mv["scale"]) if k.endswith(".w2.weight") else a for k, a in w.items()}
-        write_hf_dir(work / f"{stem}_hf", mixtral_hf_config(mv), w)
-        tasks.append(dict(name=name, dir=str(work / f"{stem}_hf"), ids=mids, logits=str(work / f"{stem}.npy")))
+        makers[name] = (lambda seed, mv=mv: mixtral_weights(mv, seed), mixtral_hf_config(mv), mids, mv["k"])
+    tasks = []
+    for name, (make, config, ids, k) in makers.items():
+        for seed in range(CANDIDATES):
+            stem = f"{name.replace('/', '_')}_{seed}"
+            w = make(seed)
+            np.savez(work / f"{stem}.npz", **w)
+            scale = MIXTRAL.get(name, {}).get("scale", 1.0)
+            if scale != 1.0:   # the routing scale multiplies every expert's output: the same as scaling w2
+                w = {key: a * np.float32(scale) if key.endswith(".w2.weight") else a for key, a in w.items()}
+            write_hf_dir(work / f"{stem}_hf", config, w)
+            tasks.append(dict(name=f"{name} seed {seed}", dir=str(work / f"{stem}_hf"), ids=ids, k=k,
+                              logits=str(work / f"{stem}.npy")))
     run_hf(tasks, work, hf_python)
+    chosen = {}
+    for name in makers:
+        stems = [f"{name.replace('/', '_')}_{seed}" for seed in range(CANDIDATES)]
+        best = max(stems, key=lambda st: float((work / f"{st}.margin").read_text()))
+        chosen[name] = dict(stem=best, margin=float((work / f"{best}.margin").read_text()))
+        for suffix in (".npz", ".npy"):
+            shutil.copyfile(work / f"{best}{suffix}", work / f"{name.replace('/', '_')}{suffix}")
+        shutil.copytree(work / f"{best}_hf", work / f"{name.replace('/', '_')}_hf")
 
-    job = {"out": str(out), "qids": qids, "qpad": qpad, "mids": mids, "text": TEXT, "hf_config": hf_cfg}
+    job = {"out": str(out), "qids": qids, "qpad": qpad, "mids": mids, "text": TEXT, "hf_config": hf_cfg,
+           "chosen": chosen}
     (work / "mf_job.json").write_text(json.dumps(job))
     report = {}
     for part in ("mixtral", "qwen3_moe_train", "qwen3_moe_infer"):
@@ -397,6 +428,8 @@ def generate(out: Path, work: Path, hf_python: str) -> dict:
         subprocess.run([sys.executable, str(Path(__file__).resolve()), "--mf-part", part, "--work", str(work)],
                        check=True, env=env, cwd=work)
         report.update(json.loads((work / f"{part}_report.json").read_text()))
+    for name, entry in chosen.items():
+        report[name]["routing_margin"] = entry
     return report
 
 

@@ -377,3 +377,62 @@ def test_auto_picks_exactly_its_own_map(tmp_path, variant, capsys):
     assert main([str(ckpt_of(variant)), "auto", str(tmp_path / "x.gguf"), "--tokenizer", str(tokenizer),
                  "--dry-run"]) == 0
     assert f"map: {family} (" in capsys.readouterr().err
+
+
+# --- expert tensors quantized in bands -----------------------------------------------------------------------------
+
+def synthetic_qwen3_moe(folder, E=4, H=256, F=256, nh=4, nkv=2, hd=64, V=512, seed=3):
+    """A one-layer mcore Qwen3-MoE checkpoint with K-quant-sized rows (our own record writer: only the bytes and
+    shapes matter here) and its config.json."""
+    rng = np.random.default_rng(seed)
+    p = "decoder.layers.0."
+    shapes = {"embedding.word_embeddings.weight": (V, H), "decoder.final_layernorm.weight": (H,),
+              "output_layer.weight": (V, H), p + "input_layernorm.weight": (H,), p + "pre_mlp_layernorm.weight": (H,),
+              p + "self_attention.linear_qkv.weight": ((nh + 2 * nkv) * hd, H),
+              p + "self_attention.q_layernorm.weight": (hd,), p + "self_attention.k_layernorm.weight": (hd,),
+              p + "self_attention.linear_proj.weight": (H, nh * hd), p + "mlp.router.weight": (E, H),
+              p + "mlp.experts.weight1": (E * H, 2 * F), p + "mlp.experts.weight2": (E * F, H)}
+    folder.mkdir(parents=True, exist_ok=True)
+    # outliers and an all-zero expert row band, so the quantizers' edge cases are on expert tensors too
+    records = []
+    for name, shape in shapes.items():
+        a = rng.standard_normal(shape).astype(np.float32) * 0.05
+        if name.endswith("weight1"):
+            a[3 * H:3 * H + 7] = 0.0
+            a[5, 9] = 40.0
+        records.append((name, "BFloat16", (a.view(np.uint32) >> 16).astype(np.uint16)))
+    write_ckpt(folder / "model.ckpt", records)
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["Qwen3MoeForCausalLM"], "hidden_size": H, "num_hidden_layers": 1,
+        "num_attention_heads": nh, "num_key_value_heads": nkv, "head_dim": hd, "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-6, "rope_theta": 1e6, "vocab_size": V, "moe_intermediate_size": F, "num_experts": E,
+        "num_experts_per_tok": 2, "norm_topk_prob": True, "routed_scaling_factor": 1.25}))
+    return folder / "model.ckpt"
+
+
+@pytest.mark.parametrize("band_bytes", [32 << 20, 40_000])
+def test_expert_tensors_quantize_like_ggml(tmp_path, monkeypatch, band_bytes):
+    """Every tensor of a q4_k_m file (K-quants, fallbacks, F32) equals ggml_quantize_chunk of the f32 file's values,
+    also when bands are small enough to cut experts into pieces (band_bytes 40 kB: a few rows of one expert)."""
+    import gguf_out.encode
+    from gguf import GGUFReader as R
+    from llamacpp import quantize_chunk
+
+    ckpt = synthetic_qwen3_moe(tmp_path / "m")
+    monkeypatch.setattr(gguf_out.encode, "_CHUNK_BYTES", band_bytes)
+    paths = {}
+    for outtype in ("f32", "q4_k_m"):
+        paths[outtype] = tmp_path / f"{outtype}.gguf"
+        assert convert(ckpt, paths[outtype], "--outtype", outtype, "--threads", "2", map_name="qwen3_moe",
+                       tokenizer=QWEN_TOKENIZER) == 0
+    values = {t.name: np.array(t.data) for t in R(paths["f32"]).tensors}
+    seen = set()
+    for t in R(paths["q4_k_m"]).tensors:
+        ref = values[t.name]
+        if t.tensor_type.name in ("F32", "F16"):
+            want = ref.astype(np.float32 if t.tensor_type.name == "F32" else np.float16).tobytes()
+        else:
+            want = quantize_chunk(t.tensor_type, ref.reshape(-1, ref.shape[-1]))
+        assert t.data.tobytes() == want, t.name
+        seen.add(t.tensor_type.name)
+    assert {"Q4_K", "Q6_K"} <= seen

@@ -400,7 +400,7 @@ def bands(out):
         return
     lead, width = tuple(out.shape[:-1]), out.shape[-1]
     n_rows = prod(lead)
-    step = encode.rows_per_chunk(out.shape)
+    step = encode.rows_per_chunk(width)
     for start in range(0, n_rows, step):
         for box in X.flat_to_boxes(lead, start, min(n_rows, start + step)):
             yield expr.read(box + ((0, width),)).reshape(-1, width)

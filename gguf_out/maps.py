@@ -51,6 +51,9 @@ class Rule:
         self.targets = targets if isinstance(targets, list) else [targets]
         self.ndim = spec.get("ndim")
         self.shape = spec.get("shape")
+        # the rule applies only when this hyperparameter is set and non-zero ("if") / unset or zero ("unless"):
+        # e.g. MLA's fused linear_qkv starts with the q-LoRA down projection only when there is a q-LoRA
+        self.condition = (spec["if"], True) if "if" in spec else (spec["unless"], False) if "unless" in spec else None
         self.stacked = "{e}" in self.source
         if self.stacked and len(self.sources) > 1:
             raise ConvertError(f"{where}: '{self.source}': per-expert ({{e}}) rules have one pattern")
@@ -68,10 +71,12 @@ class Rule:
             raise ConvertError(f"{where}: '{self.source}': give 'steps' or 'split' / 'permute', not both")
         if not isinstance(steps, list):
             raise ConvertError(f"{where}: '{self.source}': 'steps' must be a list")
-        self.steps = steps
-        count = fan_out(steps, f"{where}: '{self.source}'")
+        if not steps and len(self.sources) > 1:
+            steps = [{"concat": 0}]
+        count = fan_out(steps, f"{where}: '{self.source}'", 1 if self.stacked else len(self.sources))
         if len(self.targets) != count:
             raise ConvertError(f"{where}: '{self.source}' needs {count} target names")
+        self.steps = steps
         self.fused = next((s["split"] for s in steps if isinstance(s.get("split"), str) and s["split"] in SPLITS),
                           None)
         self._regexes = [re.compile("^" + re.escape(p).replace(r"\{i\}", r"(?P<i>\d+)")
@@ -91,6 +96,13 @@ class Rule:
 
     def target_names(self, layer):
         return [t.replace("{i}", str(layer)) for t in self.targets]
+
+    def holds(self, hp):
+        """Whether the rule's condition holds for these hyperparameters (always, without one)."""
+        if self.condition is None:
+            return True
+        name, wanted = self.condition
+        return bool(hp.get(name)) == wanted
 
 
 class FamilyMap:
@@ -130,6 +142,14 @@ class FamilyMap:
             # a checkpoint saved from MindFormers' inference network: {"tensor": regex, "ndim": n} (its fused
             # tensors are then contiguous, whatever the yaml says)
             self.inference_save = data.get("inference_save")
+            # {"types": [scalings carried as metadata], "defaults": {YaRN parameter: value}, "missing": why a
+            # config without rope scaling is refused}
+            self.rope_scaling = data.get("rope_scaling", {})
+            # {hyperparameter: dimension expression} computed once the config and tensors are read
+            self.derived = data.get("derived", {})
+            # layers beyond num_layers are this (e.g. multi-token prediction) and are skipped, or None: an error
+            self.extra_layers = data.get("extra_layers")
+            self.required_why = data.get("required_why", {})   # {required tensor pattern: why it may be missing}
             skip = data.get("skip", {})
         except (KeyError, TypeError) as err:
             raise ConvertError(f"{where}: malformed map (missing or wrong entry {err})") from None

@@ -208,14 +208,17 @@ def hf_worker(job_path: Path) -> None:
 
         def margin(module, args, _output):
             # how far each token is from choosing other experts: the gap between its k-th and (k+1)-th router
-            # logit, in units of the logits' spread (routing flips under quantization noise when this is small)
-            scores = torch.nn.functional.linear(args[0].reshape(-1, args[0].shape[-1]), module.weight)
+            # score, in units of the scores' spread (routing flips under quantization noise when this is small);
+            # DeepSeek-style routers choose by sigmoid score plus a correction bias
+            scores = torch.nn.functional.linear(args[0].reshape(-1, args[0].shape[-1]).float(), module.weight.float())
+            if hasattr(module, "e_score_correction_bias"):
+                scores = scores.sigmoid() + module.e_score_correction_bias
             top = torch.sort(scores, dim=-1, descending=True).values
             k = task["k"]
             margins.append(float(((top[:, k - 1] - top[:, k]) / scores.std()).min()))
 
         for module in model.modules():
-            if type(module).__name__.endswith("TopKRouter"):
+            if type(module).__name__.lower().endswith("topkrouter"):
                 module.register_forward_hook(margin)
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([task["ids"]])).logits[0].to(torch.float32).numpy()

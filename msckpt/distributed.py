@@ -6,18 +6,13 @@ covers which block of the full tensor, and reads shards (through each rank's str
 when asked, so at most one full tensor - or just a band of its rows - is in memory at a time.
 """
 
-import os
 import re
-from math import prod
 from pathlib import Path
 
-import numpy as np
-
-from . import box as boxes
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import CheckpointError
 from .strategy import load_strategy
-from .tensor import scalar_value
+from .tiled import TiledTensor
 
 _RANK_DIR = re.compile(r"^rank_(\d+)$")
 _STEP_SUFFIX = re.compile(r"-(\d+)_(\d+)$")       # MindSpore / MindFormers: <prefix>-<epoch>_<step>.ckpt
@@ -257,22 +252,12 @@ def _merged(name, layout, strat, by_rank, files):
                         ranks=[first_rank + r for r in range(devices)])
 
 
-class MergedTensor:
-    """A parameter assembled from shards in several rank files; the msckpt Tensor reading interface.
-
-    ``tiles`` are (shard Tensor, offset of its block in the full tensor). Shards are read only by
-    ``array()`` / ``rows()``; ``rows()`` reads just the shard rows that cover the requested band.
-    """
-    kind = "tensor"
-    offset = 0
-    source = None
+class MergedTensor(TiledTensor):
+    """A parameter assembled from shards in several rank files (tiles: shard Tensor, offset of its block)."""
 
     def __init__(self, name, dtype, shape, layout, tiles, ranks=()):
-        self.name = name
-        self.dtype = dtype
-        self.shape = shape
+        super().__init__(name, dtype, shape, tiles)
         self.layout = layout
-        self.tiles = sorted(tiles, key=lambda tile: tile[1])
         self.ranks = list(ranks)
 
     def __repr__(self):
@@ -281,74 +266,6 @@ class MergedTensor:
     @property
     def shard_shape(self):
         return tuple(self.tiles[0][0].shape)
-
-    @property
-    def records(self):
-        return sum(shard.records for shard, _ in self.tiles)
-
-    @property
-    def n_elements(self):
-        return prod(self.shape)
-
-    @property
-    def nbytes(self):
-        return self.n_elements * self.dtype.itemsize
-
-    def byte_ranges(self):
-        return None          # assembled from several files: no single byte range to copy
-
-    def array(self):
-        """The full merged tensor (a new array; BFloat16 as raw uint16 bits like Tensor.array())."""
-        if not self.shape:
-            return np.array(self.tiles[0][0].array())
-        return self.rows(0, self.shape[0])
-
-    def rows(self, start, stop):
-        """Rows [start, stop) along axis 0, read from only the shards that cover them."""
-        return self.read_box(((start, stop),))
-
-    def read_box(self, box):
-        """A box of the merged tensor (msckpt/box.py), each covering shard read for its part of it only."""
-        box = boxes.normalize(box, self.shape)
-        out = np.empty(tuple(b - a for a, b in box), self.dtype.np_dtype)
-        for shard, offset in self.tiles:
-            part = [(max(a, o), min(b, o + n)) for (a, b), o, n in zip(box, offset, shard.shape)]
-            if any(lo >= hi for lo, hi in part):
-                continue
-            local = tuple((lo - o, hi - o) for (lo, hi), o in zip(part, offset))
-            where = tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(part, box))
-            out[where] = _read_box(shard, local)
-        return out
-
-    def raw(self):
-        return self.array().tobytes()
-
-    def string(self):
-        raise TypeError(f"{self.name} is not a string entry")
-
-    def value(self):
-        """A Python value for a one-element tensor."""
-        return scalar_value(self)
-
-
-def _read_box(shard, box):
-    """A box of a shard, read with pread from its file rather than through the memory map: merging touches every
-    shard once, and mapped pages would stay resident in the process (its RSS would grow to the size of all shards)
-    while pread leaves them to the page cache."""
-    def read_bytes(offset, buffer):
-        want_lo, want_hi, pos = offset, offset + len(buffer), 0
-        fd = shard.source.fileno()
-        for off, n in shard.byte_ranges():
-            a, b = max(pos, want_lo), min(pos + n, want_hi)
-            while a < b:
-                got = os.preadv(fd, [buffer[a - want_lo:b - want_lo]], off + a - pos)
-                if got <= 0:
-                    raise CheckpointError(shard.source.path, f"file ends inside '{shard.name}'", off + a - pos)
-                a += got
-            pos += n
-            if pos >= want_hi:
-                break
-    return boxes.read_box(shard.shape, shard.dtype.np_dtype, box, read_bytes)
 
 
 class DistributedCheckpoint(Checkpoint):

@@ -111,15 +111,15 @@ def test_unsharded_entries_come_from_rank_0():
 
 
 def test_rows_read_only_the_covering_shards(monkeypatch):
-    import msckpt.distributed as dist
+    from msckpt.tensor import Tensor
 
     with open_checkpoint(DL / "tp2x2") as ckpt:
         wq = ckpt["model.layers.0.attention.wq.weight"]      # [0, -1] + optimizer shard 2/2: 4 row blocks of 16
         assert len(wq.tiles) == 4 and wq.shard_shape == (16, 64)
         offsets = {id(shard): offset for shard, offset in wq.tiles}
         calls = []
-        read = dist._read_box
-        monkeypatch.setattr(dist, "_read_box", lambda shard, box:
+        read = Tensor.read_box
+        monkeypatch.setattr(Tensor, "read_box", lambda shard, box:
                             calls.append((offsets[id(shard)],) + tuple(box[0])) or read(shard, box))
         whole = wq.array()
         calls.clear()

@@ -257,10 +257,14 @@ def test_inconsistent_shard_shapes(tmp_path, capsys):
 
 def test_sharded_parameter_missing_from_a_rank(tmp_path, capsys):
     copy = tp2x2_copy(tmp_path)
-    name = "model.layers.1.attention.wo.weight"
+    name = "model.layers.1.attention.wo.weight"         # [-1, 0]: ranks 1 and 3 hold the same slice
     rewrite_rank(copy / "rank_3" / "llama_rank_3-1_10.ckpt", lambda n, d, a: None if n == name else (d, a))
+    want = json.loads((copy / "expected.json").read_text())["tensors"]
+    with open_checkpoint(copy) as ckpt:                  # a replica still has it (as in a de-duplicated save)
+        assert digest_mismatches(ckpt, want) == []
+    rewrite_rank(copy / "rank_1" / "llama_rank_1-1_10.ckpt", lambda n, d, a: None if n == name else (d, a))
     err = cli_error(capsys, tmp_path, copy)
-    assert "rank_3" in err and f"has no '{name}'" in err
+    assert "rank_1" in err and f"has no '{name}'" in err and "(rank_1, rank_3) has it either" in err
 
 
 def test_unsharded_entry_differing_between_ranks(tmp_path, capsys):
@@ -411,5 +415,7 @@ def test_inspect_distributed(capsys):
     assert dist["stages"] == 2 and dist["devices_per_stage"] == 2 and dist["step"] == "1_2"
     norm = next(e for e in dist["layouts"] if e["name"] == "model.norm_out.weight")
     assert norm == {"name": "model.norm_out.weight", "stage": 1, "dev_matrix": [2], "tensor_map": "[0]",
-                    "opt_shard_step": 0, "opt_shard_size": 0, "replicas": 1, "shard_shape": [32], "shape": [64]}
+                    "opt_shard_step": 0, "opt_shard_size": 0, "replicas": 1, "shard_shape": [32], "shape": [64],
+                    "read_from": [2, 3]}
+    assert dist["steps"] == ["1_2", "1_4"] and dist["deduplicated"] is False
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import CheckpointError
+from .source import ensure_open_files
 from .strategy import load_strategy
 from .tiled import TiledTensor
 
@@ -86,6 +87,7 @@ def open_distributed(path, strategy=None, step=None, dec_key=None, dec_mode="AES
                               f"{strategy_path} describes only {expected} ranks ({shape}); is a pipeline "
                               "stage's strategy file missing?")
     files, label = pick_files(folder, ranks, step)
+    ensure_open_files(expected)
     ckpts = {}
     try:
         for rank in range(expected):

@@ -261,7 +261,9 @@ def _assemble(folder, meta, files, optimizer):
                          "dtype": spec.get("properties", {}).get("dtype") if isinstance(spec.get("properties"),
                                                                                       dict) else None}
     described = set(meta["state_dict_metadata"])
-    unlisted = sorted({t for name in opened for t in files.index(name) if t not in described})
+    # optimizer files' extras (learning_rate, global_step) are listed as entries when they are read
+    unlisted = sorted({t for name in opened if not _OPT_FILE.fullmatch(name) for t in files.index(name)
+                       if t not in described})
     # a remove_redundancy save names one file per chunk although chunks have several holders (rank_group)
     return tensors, {"layouts": layouts, "unlisted": unlisted, "world": max(ranks) + 1,
                      "deduplicated": single and replicated}

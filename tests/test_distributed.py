@@ -402,7 +402,7 @@ def test_inspect_distributed(capsys):
     assert main(["inspect", str(DL / "tp2x2")]) == 0
     text = capsys.readouterr().out
     assert "format:     distributed" in text
-    assert "distributed: 4 ranks (1 pipeline stage(s) x 4 devices), step 1_10" in text
+    assert "distributed: 4 rank(s) (1 pipeline stage(s) x 4 devices), step 1_10" in text
     assert "rank_3" in text and "llama_rank_3-1_10.ckpt" in text
     line = next(li for li in text.splitlines() if li.strip().startswith("model.layers.0.attention.wq.weight")
                 and "[2, 2]" in li)

@@ -243,10 +243,11 @@ def _assemble(folder, meta, files, optimizer):
             tiles.append((piece, offset))
             sources.append(file_name)
             opened.add(file_name)
-        dtypes = {piece.dtype for piece, _ in tiles}
-        if len(dtypes) > 1:
-            raise CheckpointError(folder / sources[-1], f"chunk of '{name}' is {tiles[-1][0].dtype.name} here but "
-                                  f"{tiles[0][0].dtype.name} in {sources[0]}; all chunks of a tensor have one dtype")
+        for (piece, _), file_name in zip(tiles, sources):
+            if piece.dtype != tiles[0][0].dtype:
+                raise CheckpointError(folder / file_name, f"chunk of '{name}' is {piece.dtype.name} here but "
+                                      f"{tiles[0][0].dtype.name} in {sources[0]}; all chunks of a tensor have one "
+                                      "dtype")
         shape = tuple(spec["global_shape"])
         if len(tiles) == 1:
             tensor = tiles[0][0]                 # stored whole: the file's own tensor, byte ranges and all

@@ -45,8 +45,9 @@ Cases (tiny models, bf16):
   MindSpore's rule (``remove_param_redundancy``) chose for each parameter, and the generator checks the files
   hold exactly that. Converting it must give the bytes of converting ``llama/bf16/model.ckpt``.
 
-Deterministic: fixed seeds; rerunning rewrites every file byte for byte (files are written 0400 by MindSpore and
-MindFormers; they are copied out 0644).
+Deterministic: fixed seeds; rerunning rewrites every file with the same content - byte for byte except that the
+safetensors library writes the keys of a file's ``__metadata__`` in hash order, which varies between runs. Files
+are written 0400 by MindSpore and MindFormers; they are copied out 0644.
 """
 
 from __future__ import annotations

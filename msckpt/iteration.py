@@ -124,8 +124,12 @@ def locate(path, step=None):
     return found[number], number, found, tracker
 
 
-def open_iteration(path, step=None, optimizer=False, dec_key=None, strategy=None, **_ignored):
-    """Open a Checkpoint 2.0 root or iteration directory; ``optimizer=True`` also reads the optimizer files."""
+def open_iteration(path, step=None, optimizer=False, strategy=None, dec_key=None, dec_mode=None, verify_crc=False,
+                   tmp_dir=None):
+    """Open a Checkpoint 2.0 root or iteration directory; ``optimizer=True`` also reads the optimizer files.
+
+    (``dec_mode``, ``verify_crc`` and ``tmp_dir`` are accepted as for every checkpoint: the files are plain
+    safetensors, and a checkpoint-wide CRC does not exist for a directory.)"""
     if strategy is not None:
         raise CheckpointError(path, "is a MindFormers Checkpoint 2.0 save; its metadata.json holds the layouts, so "
                               "--strategy does not apply")

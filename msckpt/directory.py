@@ -21,6 +21,9 @@ def open_directory(path, **options):
         return open_distributed(path, **_without(options, "optimizer"))
     if iteration.is_iteration(folder):
         return iteration.open_iteration(path, **options)
+    from .distributed import EXTENSIONS, is_rank_dir, open_rank_dir
+    if is_rank_dir(folder) and any(p.suffix in EXTENSIONS for p in folder.iterdir()):
+        return open_rank_dir(path, **_without(options, "optimizer"))
     if any(folder.glob("*.safetensors")):
         from .multifile import open_safetensors_dir
         return open_safetensors_dir(path)

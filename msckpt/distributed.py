@@ -100,6 +100,27 @@ def open_distributed(path, strategy=None, step=None, dec_key=None, dec_mode="AES
     return DistributedCheckpoint(folder, tensors, strat, files, ckpts, label, saved_steps(folder, ranks))
 
 
+def open_rank_dir(path, step=None, strategy=None, **options):
+    """One ``rank_N/`` directory of a single-card run in the rank layout (MindFormers' ``rank_0/``): the newest
+    saved step (or ``step``) of its files, whole tensors. One rank of a multi-rank tree is only a shard of it."""
+    folder = Path(path).absolute()
+    rank = int(_RANK_DIR.match(folder.name).group(1))
+    others = sorted(r for r in rank_dirs(folder.parent) if r != rank)
+    if others or strategy is not None:
+        raise CheckpointError(folder, f"is one rank of a distributed save (rank_{', rank_'.join(map(str, others))} "
+                              f"beside it); pass the directory holding the rank_N/ directories, {folder.parent}"
+                              if others else "is one rank directory; --strategy applies to the directory holding "
+                              "the rank_N/ directories")
+    files, label = pick_files(folder.parent, {rank: folder}, step)
+    ckpt = open_checkpoint(files[rank], **options)
+    return DistributedCheckpoint(folder, list(ckpt.tensors), None, files, {rank: ckpt}, label,
+                                 saved_steps(folder.parent, {rank: folder}))
+
+
+def is_rank_dir(folder):
+    return bool(_RANK_DIR.match(Path(folder).absolute().name))
+
+
 def _more(items, prefix):
     return f" (and {', '.join(f'{prefix}{i}' for i in items[1:4])}{', ...' if len(items) > 4 else ''})" \
         if len(items) > 1 else ""

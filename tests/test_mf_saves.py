@@ -44,6 +44,7 @@ CASES = [
     ("legacy-qwen3-tp2dp2", MF / "legacy_qwen3_tp2dp2" / "checkpoint", {}, MF / "legacy_qwen3_tp2dp2" / "expected.json"),
     ("legacy-qwen3-rank0", MF / "legacy_qwen3_rank0" / "checkpoint", {}, NORMAL / "expected.json"),
     ("legacy-qwen3-rank0-step5", MF / "legacy_qwen3_rank0" / "checkpoint", {"step": 5}, SINGLE / "expected_5.json"),
+    ("legacy-qwen3-rank0-dir", MF / "legacy_qwen3_rank0" / "checkpoint" / "rank_0", {}, NORMAL / "expected.json"),
     ("legacy-llama-dedup", MF / "legacy_llama_dedup" / "checkpoint", {}, MF / "legacy_llama_dedup" / "expected.json"),
 ]
 
@@ -203,9 +204,10 @@ def qwen3_gguf(tmp_path_factory):
 
 
 @pytest.mark.parametrize("path", [SINGLE, NORMAL, DEDUP, NORMAL / ITER, MF / "legacy_qwen3_tp2dp2" / "checkpoint",
-                                  MF / "legacy_qwen3_rank0" / "checkpoint"],
+                                  MF / "legacy_qwen3_rank0" / "checkpoint",
+                                  MF / "legacy_qwen3_rank0" / "checkpoint" / "rank_0"],
                          ids=["2.0-single", "2.0-tp2pp2dp2", "2.0-dedup", "2.0-iteration-dir", "legacy-tp2dp2",
-                              "legacy-rank0"])
+                              "legacy-rank0", "legacy-rank0-dir"])
 def test_qwen3_conversion_equals_unsharded(tmp_path, qwen3_gguf, path):
     out = tmp_path / "sharded.gguf"
     assert convert_qwen3(path, out) == 0
@@ -362,6 +364,12 @@ def test_chunks_of_different_dtypes(tmp_path, capsys):
     path.write_bytes(struct.pack("<Q", len(text)) + text + data)
     err = cli_error(capsys, tmp_path, copy)
     assert f"chunk of '{QKV}' is Float16 here but BFloat16 in" in err
+
+
+def test_one_rank_of_a_legacy_tree(tmp_path, capsys):
+    rank_1 = MF / "legacy_qwen3_tp2dp2" / "checkpoint" / "rank_1"
+    err = cli_error(capsys, tmp_path, rank_1)
+    assert f"{rank_1}: is one rank of a distributed save (rank_0, rank_2, rank_3 beside it)" in err
 
 
 def test_missing_rank_of_a_legacy_tree(tmp_path, capsys):

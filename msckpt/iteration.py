@@ -389,7 +389,7 @@ def _find_chunk(folder, files, name, index, local, entries):
         file_name = e["file_name"]
         if Path(file_name).name != file_name:
             raise CheckpointError(folder / METADATA, f"names the file {file_name!r} outside its directory")
-        if not (folder / file_name).is_file():
+        if file_name not in files.indexes and not (folder / file_name).is_file():
             missing.append(file_name)
             continue
         tensor = files.index(file_name).get(name)

@@ -12,8 +12,8 @@ parallelism folded into the layouts, so the weights are split 4 ways and the nor
 holder), ``common.json``, plus an HF ``config.json`` and the test tokenizer for converting. No optimizer files (they
 are never opened for converting). Block contents are random, replicas identical.
 
-Each measurement runs in a fresh subprocess under GNU time: ``cat`` of the model files (the baseline: the same
-bytes read once), ``index`` (open: metadata.json, every header, the checks), ``merge`` (open, then every tensor
+Each measurement runs in a fresh subprocess under GNU time: ``cat`` of the model files (the same bytes read once),
+``baseline`` (the worker importing msckpt and exiting: the fixed cost in every mode below), ``index`` (open: metadata.json, every header, the checks), ``merge`` (open, then every tensor
 streamed in the converter's row bands, ``TiledTensor.rows``), ``array`` (every tensor assembled whole, one at a
 time) and ``convert`` (``ms2gguf ROOT qwen3 OUT --outtype bf16``). Warm = the files read once just before;
 ``--cold`` adds runs after dropping the page cache (root). Reported: wall time (median of the repeats), peak RSS
@@ -171,7 +171,9 @@ def worker(mode, root, out):
 
     started = time.perf_counter()
     result = {"mode": mode}
-    if mode == "index":
+    if mode == "baseline":
+        pass                                  # Python, numpy and msckpt imported: the fixed cost of every mode
+    elif mode == "index":
         with msckpt.open_checkpoint(root) as ckpt:
             result["tensors"] = len(ckpt)
     elif mode == "merge":
@@ -238,7 +240,7 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--vocab", type=int, default=65536)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--modes", default="cat,index,merge,array,convert")
+    p.add_argument("--modes", default="cat,baseline,index,merge,array,convert")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cold", action="store_true", help="also measure with the page cache dropped before each run")
     p.add_argument("--out", type=Path, help="GGUF output (default: ROOT/../ckpt2-out.gguf)")

@@ -192,9 +192,11 @@ def _check_single_card(folder, model_files):
     multi = [n for n in model_files if (m := _SAVE_FILE.match(n)) and int(m.group("total")) > 1]
     if multi or len(model_files) > 1:
         shown = ", ".join((multi or model_files)[:3]) + (", ..." if len(multi or model_files) > 3 else "")
-        raise CheckpointError(folder, f"holds model files of a multi-rank save ({shown}) but no metadata.json: rank "
-                              "0 writes it last, so this save did not finish (MindFormers 2.1.0's remove_redundancy "
-                              "save crashes this way when a rank is given no shard)")
+        what = "model files of a multi-rank save" if multi else "several model files"
+        raise CheckpointError(folder, f"holds {what} ({shown}) but no metadata.json: a single card writes one "
+                              "model file, and rank 0 of a multi-rank job writes metadata.json last, so this save "
+                              "did not finish (MindFormers 2.1.0's remove_redundancy save crashes this way when a "
+                              "rank is given no shard)")
 
 
 def _whole_tensors(files, names, optimizer_files):

@@ -366,6 +366,25 @@ def test_chunks_of_different_dtypes(tmp_path, capsys):
     assert f"chunk of '{QKV}' is Float16 here but BFloat16 in" in err
 
 
+def test_open_file_limit_is_raised_for_many_files():
+    """A job of many ranks has more files than the usual soft limit of 1024 open files."""
+    import resource
+
+    from msckpt.source import ensure_open_files
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        pytest.skip(f"hard limit {hard}")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        ensure_open_files(200)                               # fits: left alone
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 256
+        ensure_open_files(900)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 964
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_one_rank_of_a_legacy_tree(tmp_path, capsys):
     rank_1 = MF / "legacy_qwen3_tp2dp2" / "checkpoint" / "rank_1"
     err = cli_error(capsys, tmp_path, rank_1)
@@ -397,7 +416,8 @@ def test_unfinished_multi_rank_save(tmp_path, capsys):
     copy = copy_case(tmp_path, DEDUP)
     (copy / ITER / "metadata.json").unlink()
     err = cli_error(capsys, tmp_path, copy)
-    assert "multi-rank save" in err and "did not finish" in err
+    assert "holds model files of a multi-rank save (qwen3-model-0000000-0000008.safetensors" in err
+    assert "did not finish" in err
 
 
 # ------------------------------------------------------------------------------------------------ iterations
@@ -447,7 +467,7 @@ def test_single_card_duplicate_names(tmp_path, capsys):
     folder = copy / ITER
     shutil.copy(folder / "qwen3-model-0000000-0000001.safetensors", folder / "extra.safetensors")
     err = cli_error(capsys, tmp_path, copy)
-    assert "model files of a multi-rank save" in err
+    assert "holds several model files (extra.safetensors, qwen3-model-0000000-0000001.safetensors)" in err
 
 
 # ------------------------------------------------------------------------------------------------ inspect

@@ -377,7 +377,7 @@ def test_open_file_limit_is_raised_for_many_files():
         pytest.skip(f"hard limit {hard}")
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-        ensure_open_files(200)                               # fits: left alone
+        ensure_open_files(150)                               # fits (with 64 to spare): left alone
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 256
         ensure_open_files(900)
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 964

@@ -327,8 +327,8 @@ def _chunks(path, name, spec, storage):
         position = np.unravel_index(index, frags) if frags else ()
         block = tuple(int(i) * n for i, n in zip(position, local))
         entries = storage.get(str((name, (index,))))
-        if not (isinstance(entries, list) and entries and all(isinstance(e, dict) and isinstance(e.get("file_name"),
-                                                                                                 str) for e in entries)):
+        if not (isinstance(entries, list) and entries
+                and all(isinstance(e, dict) and isinstance(e.get("file_name"), str) for e in entries)):
             raise CheckpointError(path, f"{where}: storage_data has no files for chunk {index} (key "
                                   f"{str((name, (index,)))!r})")
         if areas is not None:

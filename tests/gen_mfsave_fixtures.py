@@ -714,7 +714,8 @@ def main():
     for f in sorted(OUT.rglob("*")):
         if f.is_file():
             total += f.stat().st_size
-            print(f"  {f.relative_to(OUT)}  {f.stat().st_size} B  sha256:{hashlib.sha256(f.read_bytes()).hexdigest()[:16]}")
+            digest = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+            print(f"  {f.relative_to(OUT)}  {f.stat().st_size} B  sha256:{digest}")
     print(f"total {total} bytes")
     return 0
 

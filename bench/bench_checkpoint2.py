@@ -17,7 +17,8 @@ Each measurement runs in a fresh subprocess under GNU time: ``cat`` of the model
 metadata.json, every header, the checks), ``merge`` (open, then every tensor streamed in the converter's row bands,
 ``TiledTensor.rows``), ``array`` (every tensor assembled whole, one at a time) and ``convert`` (``ms2gguf ROOT qwen3
 OUT --outtype bf16``). Warm = the files read once just before; ``--cold`` adds runs after dropping the page cache
-(root). Reported: wall time (median of the repeats), peak RSS (GNU time ``%M``) and MB/s of model-file bytes. """
+(root). Reported: wall time (median of the repeats), peak RSS (GNU time ``%M``) and MB/s of model-file bytes.
+"""
 
 import argparse
 import json

@@ -9,8 +9,12 @@ The checkpoint (mcore Qwen3-MoE names, bf16) has one layer whose ``mlp.experts.w
 the way (gate/up ``[E, F, H]``, down ``[E, H, F]``), so nothing is raw-copied. Cases:
 
   cp      cp of the checkpoint to the output directory (then sync)
+  dry     ms2gguf --dry-run --outtype q4_k_m: index, plan, types (e.g. of a sparse 671B-shaped file)
   f16     ms2gguf --outtype f16 (bf16 -> f16 of every weight, through the expert transforms)
   q4_k_m  ms2gguf --outtype q4_k_m (llama-quantize's mix: Q4_K / Q6_K experts, quantized in numpy)
+
+DeepSeek-V3 shapes (``--map deepseek3``): ``make_checkpoint.py --family deepseek3`` (MLA of the 671B model), e.g.
+a sparse 1.37 TB file for ``--cases dry`` or one dense + one MoE layer of real data.
 
 Peak RSS from GNU time (bench_convert.run_measured); the target is < 600 MB whatever the largest tensor.
 """
@@ -31,6 +35,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("/work/bench-data/moe"))
     p.add_argument("--cases", default="cp,f16,q4_k_m")
+    p.add_argument("--map", default="qwen3_moe", help="the map to convert with (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
@@ -42,12 +47,16 @@ def main(argv=None):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for _ in range(a.repeats):
         for case in a.cases.split(","):
-            settle(out_dir, ckpt, cold=False)
+            if case != "dry":       # (a sparse file is not read: nothing to warm)
+                settle(out_dir, ckpt, cold=False)
             if case == "cp":
                 cmd = ["sh", "-c", f"cp {ckpt} {out_dir}/cp.ckpt && sync {out_dir}/cp.ckpt"]
             else:
-                cmd = [sys.executable, "-m", "gguf_out.cli", str(ckpt), "qwen3_moe", str(out_dir / f"{case}.gguf"),
-                       "--outtype", case, "--force", "-q"]
+                outtype, extra = (("q4_k_m", ["--dry-run"]) if case == "dry" else (case, []))
+                cmd = [sys.executable, "-m", "gguf_out.cli", str(ckpt), a.map, str(out_dir / f"{case}.gguf"),
+                       "--outtype", outtype, "--force", "-q"] + extra
+                if case == "dry":    # the plan listing (a line per tensor) would fill run_measured's pipe
+                    cmd = ["sh", "-c", " ".join(cmd) + " > /dev/null"]
             run = run_measured(cmd, env=env)
             run["case"] = case
             results["runs"].append(run)

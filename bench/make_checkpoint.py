@@ -128,7 +128,53 @@ def moe_layer_tensors(i, a):
     ]
 
 
+def deepseek_layer_tensors(i, a, prefix="decoder.layers.{i}."):
+    """An mcore DeepSeek-V3 layer as TrainingDeepseekV3ForCausalLM saves it (moe-families.md §4.1): MLA with q- and
+    kv-LoRA, then a dense MLP for the first --dense-layers layers, else router (+ expert_bias and statistics),
+    experts weight1 [E*H, 2F] / weight2 [E*F, H] and one shared expert."""
+    p, H, nh = prefix.format(i=i), a.hidden, a.heads
+    ql, kvl, rope, nope, v = 1536, 512, 64, 128, 128
+    out = [
+        (p + "input_layernorm.weight", (H,), True),
+        (p + "self_attention.linear_proj.weight", (H, nh * v), False),
+        (p + "self_attention.linear_q_down_proj.weight", (ql, H), False),
+        (p + "self_attention.linear_q_up_proj.weight", (nh * (nope + rope), ql), False),
+        (p + "self_attention.linear_kv_down_proj.weight", (kvl + rope, H), False),
+        (p + "self_attention.linear_kv_up_proj.weight", (nh * (nope + v), kvl), False),
+        (p + "self_attention.q_layernorm.weight", (ql,), True),
+        (p + "self_attention.kv_layernorm.weight", (kvl,), True),
+        (p + "pre_mlp_layernorm.weight", (H,), True),
+    ]
+    if i < a.dense_layers:
+        return out + [(p + "mlp.linear_fc1.weight", (2 * a.dense_ffn, H), False),
+                      (p + "mlp.linear_fc2.weight", (H, a.dense_ffn), False)]
+    return out + [
+        (p + "mlp.router.weight", (a.experts, H), True),
+        (p + "mlp.router.expert_bias", (a.experts,), True),
+        (p + "mlp.router.expert_load", (a.experts,), True),
+        (p + "mlp.router.fi_accu", (a.experts,), True),
+        (p + "mlp.experts.weight1", (a.experts * H, 2 * a.moe_ffn), False),
+        (p + "mlp.experts.weight2", (a.experts * a.moe_ffn, H), False),
+        (p + "mlp.shared_experts.linear_fc1.weight", (2 * a.moe_ffn, H), False),
+        (p + "mlp.shared_experts.linear_fc2.weight", (H, a.moe_ffn), False),
+    ]
+
+
 def tensor_list(a, layers):
+    if a.family == "deepseek3":
+        out = [("embedding.word_embeddings.weight", (a.vocab, a.hidden), False)]
+        for i in range(layers):
+            out += deepseek_layer_tensors(i, a)
+        out += [("decoder.final_layernorm.weight", (a.hidden,), True)]
+        # multi-token-prediction layers, as the shipped yamls train (num_nextn_predict_layers 1)
+        for k in range(a.mtp_layers):
+            p = f"mtp.layers.{k}."
+            out += [(p + "enorm.weight", (a.hidden,), True), (p + "hnorm.weight", (a.hidden,), True),
+                    (p + "eh_proj.weight", (a.hidden, 2 * a.hidden), False)]
+            out += deepseek_layer_tensors(layers, a, p + "transformer_layer.")
+            out += [(p + "final_layernorm.weight", (a.hidden,), True)]
+        out += [("output_layer.weight", (a.vocab, a.hidden), False)]
+        return out, a.moe_ffn
     if a.family == "qwen3_moe":
         out = [("embedding.word_embeddings.weight", (a.vocab, a.hidden), False)]
         for i in range(layers):
@@ -238,6 +284,23 @@ def write_moe_config(path, a, layers):
         "vocab_size": a.vocab, "moe_intermediate_size": a.moe_ffn, "num_experts": a.experts,
         "num_experts_per_tok": 8 if a.experts >= 8 else 2, "norm_topk_prob": True, "tie_word_embeddings": False},
         indent=2) + "\n")
+
+
+def write_deepseek_config(path, a, layers):
+    import json
+
+    Path(path).write_text(json.dumps({
+        "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": a.vocab,
+        "hidden_size": a.hidden, "intermediate_size": a.dense_ffn, "moe_intermediate_size": a.moe_ffn,
+        "num_hidden_layers": layers, "num_nextn_predict_layers": a.mtp_layers, "num_attention_heads": a.heads,
+        "num_key_value_heads": a.heads, "n_shared_experts": 1, "n_routed_experts": a.experts,
+        "routed_scaling_factor": 2.5, "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64,
+        "v_head_dim": 128, "qk_nope_head_dim": 128, "topk_method": "noaux_tc", "n_group": 8, "topk_group": 4,
+        "num_experts_per_tok": 8, "first_k_dense_replace": a.dense_layers, "norm_topk_prob": True,
+        "max_position_embeddings": 163840, "rms_norm_eps": 1e-6, "rope_theta": 10000,
+        "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096, "beta_fast": 32,
+                         "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
+        "tie_word_embeddings": False}, indent=2) + "\n")
 
 
 def write_config(path, a, layers):
@@ -357,8 +420,12 @@ def main(argv=None):
     p.add_argument("--vocab", type=int, default=84992,
                    help="vocab rows (default 84992: 696 MB in f16 -> 2 records; must be >= the tokenizer's "
                    f"{TOKENIZER_PIECES} pieces)")
-    p.add_argument("--family", choices=("llama2", "qwen3_moe"), default="llama2",
-                   help="llama2: legacy Llama names; qwen3_moe: mcore Qwen3-MoE with 2-D expert tensors")
+    p.add_argument("--family", choices=("llama2", "qwen3_moe", "deepseek3"), default="llama2",
+                   help="llama2: legacy Llama names; qwen3_moe: mcore Qwen3-MoE with 2-D expert tensors; deepseek3: "
+                   "mcore DeepSeek-V3 (MLA dims of the 671B model, --hidden / --heads / --experts / --moe-ffn free)")
+    p.add_argument("--dense-layers", type=int, default=3, help="deepseek3: leading dense layers (default 3)")
+    p.add_argument("--dense-ffn", type=int, default=18432, help="deepseek3: dense ffn size (default 18432)")
+    p.add_argument("--mtp-layers", type=int, default=1, help="deepseek3: multi-token-prediction layers (default 1)")
     p.add_argument("--experts", type=int, default=64, help="qwen3_moe: experts per layer (default 64)")
     p.add_argument("--moe-ffn", type=int, default=3072, help="qwen3_moe: expert ffn size (default 3072)")
     p.add_argument("--head-dim", type=int, default=128, help="qwen3_moe: head dim (default 128)")
@@ -383,8 +450,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "model.ckpt"
     layers, ffn, n_tensors, n_records, seconds = write_checkpoint(ckpt, a)
-    if a.family == "qwen3_moe":
-        write_moe_config(out / "config.json", a, layers)
+    if a.family in ("qwen3_moe", "deepseek3"):
+        (write_moe_config if a.family == "qwen3_moe" else write_deepseek_config)(out / "config.json", a, layers)
         for name in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copyfile(QWEN_TOKENIZER / name, out / name)
     else:

@@ -7,6 +7,7 @@ heads, experts), so the truth is produced once on small synthetic models with re
 * dense   - MindFormers legacy Llama, 8 layers, GQA 4 (attn_v rules, the use_more_bits pattern)
 * mixtral - legacy Llama with 8 experts (llama.cpp's n_expert == 8 rules)
 * qwen3moe - mcore Qwen3-MoE with 16 experts (expert tensors, n_expert != 8)
+* deepseek2 - mcore DeepSeek-V3 with MLA (attn_k_b / attn_v_b), a leading dense layer, 8 experts and a shared one
 
 Each is written as a MindSpore checkpoint by our own record writer (values do not matter), converted to F16 by
 ms2gguf, then quantized by llama.cpp's ``llama_model_quantize`` for every preset (tests/gen_quant_tables.py, in a
@@ -36,6 +37,9 @@ MODELS = {
     "dense": dict(family="llama2", layers=8, H=256, nh=8, nkv=2, F=512, V=480, E=0),
     "mixtral": dict(family="mixtral", layers=8, H=256, nh=8, nkv=2, F=256, V=480, E=8, k=2),
     "qwen3moe": dict(family="qwen3_moe", layers=8, H=256, nh=4, nkv=2, hd=64, F=256, V=512, E=16, k=4),
+    # MLA dims of DeepSeek-V3 scaled down (attn_k_b rows of 128: a K-quant fallback, as in the 671B model)
+    "deepseek2": dict(family="deepseek3", layers=4, dense=1, H=256, nh=2, nkv=2, ql=256, kvl=256, rope=64,
+                      nope=128, v=128, F=256, dense_F=512, V=512, E=8, k=2),
 }
 
 
@@ -74,7 +78,40 @@ def mcore_qwen3_moe(m):
     return t
 
 
+def mcore_deepseek3(m):
+    H, nh, E, F = m["H"], m["nh"], m["E"], m["F"]
+    t = {"embedding.word_embeddings.weight": (m["V"], H), "decoder.final_layernorm.weight": (H,),
+         "output_layer.weight": (m["V"], H)}
+    for i in range(m["layers"]):
+        p = f"decoder.layers.{i}.self_attention."
+        t.update({f"decoder.layers.{i}.input_layernorm.weight": (H,),
+                  f"decoder.layers.{i}.pre_mlp_layernorm.weight": (H,),
+                  p + "linear_q_down_proj.weight": (m["ql"], H), p + "q_layernorm.weight": (m["ql"],),
+                  p + "linear_q_up_proj.weight": (nh * (m["nope"] + m["rope"]), m["ql"]),
+                  p + "linear_kv_down_proj.weight": (m["kvl"] + m["rope"], H), p + "kv_layernorm.weight": (m["kvl"],),
+                  p + "linear_kv_up_proj.weight": (nh * (m["nope"] + m["v"]), m["kvl"]),
+                  p + "linear_proj.weight": (H, nh * m["v"])})
+        p = f"decoder.layers.{i}.mlp."
+        if i < m["dense"]:
+            t.update({p + "linear_fc1.weight": (2 * m["dense_F"], H), p + "linear_fc2.weight": (H, m["dense_F"])})
+        else:
+            t.update({p + "router.weight": (E, H), p + "router.expert_bias": (E,),
+                      p + "experts.weight1": (E * H, 2 * F), p + "experts.weight2": (E * F, H),
+                      p + "shared_experts.linear_fc1.weight": (2 * F, H), p + "shared_experts.linear_fc2.weight": (H, F)})
+    return t
+
+
 def config_of(name, m):
+    if m["family"] == "deepseek3":
+        return "config.json", json.dumps({
+            "architectures": ["DeepseekV3ForCausalLM"], "hidden_size": m["H"], "intermediate_size": m["dense_F"],
+            "moe_intermediate_size": m["F"], "num_hidden_layers": m["layers"], "num_attention_heads": m["nh"],
+            "n_shared_experts": 1, "n_routed_experts": m["E"], "kv_lora_rank": m["kvl"], "q_lora_rank": m["ql"],
+            "qk_rope_head_dim": m["rope"], "v_head_dim": m["v"], "qk_nope_head_dim": m["nope"], "n_group": 1,
+            "topk_group": 1, "num_experts_per_tok": m["k"], "first_k_dense_replace": m["dense"],
+            "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "vocab_size": m["V"],
+            "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                             "mscale": 1.0, "mscale_all_dim": 1.0}})
     if m["family"] == "qwen3_moe":
         return "config.json", json.dumps({
             "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": m["H"],
@@ -96,7 +133,7 @@ def build(name, m, work):
 
     from gguf_out.cli import main as ms2gguf
 
-    shapes = mcore_qwen3_moe(m) if m["family"] == "qwen3_moe" else legacy_llama(m)
+    shapes = {"qwen3_moe": mcore_qwen3_moe, "deepseek3": mcore_deepseek3}.get(m["family"], legacy_llama)(m)
     rng = np.random.default_rng(0)
     folder = work / name
     folder.mkdir()
@@ -104,8 +141,8 @@ def build(name, m, work):
                                        for k, s in shapes.items()])
     config_name, text = config_of(name, m)
     (folder / config_name).write_text(text)
-    tokenizer = (FIXTURES / "qwen2" / "tokenizer" / "tokenizer.json" if m["family"] == "qwen3_moe"
-                 else FIXTURES / "llama" / "tokenizer" / "tokenizer.model")
+    tokenizer = (FIXTURES / "llama" / "tokenizer" / "tokenizer.model" if m["family"] in ("llama2", "mixtral")
+                 else FIXTURES / "qwen2" / "tokenizer" / "tokenizer.json")
     gguf = folder / "model-f16.gguf"
     assert ms2gguf([str(folder / "model.ckpt"), m["family"], str(gguf), "--tokenizer", str(tokenizer), "-q"]) == 0
     return gguf

@@ -4,6 +4,7 @@ Architecture knowledge is data. A map is loaded from a path or by the bare name 
 checked against gguf-py's tensor tables so a typo in a GGUF name fails at load time, not in llama.cpp.
 """
 
+import copy
 import fnmatch
 import json
 import re
@@ -15,7 +16,8 @@ from .errors import ConvertError
 
 _HERE = Path(__file__).resolve().parent
 SPLITS = {"qkv": 3, "gate_up": 2}
-PERMUTES = {"q", "k", None}
+PERMUTES = {"q", "k", "qkv", None}      # "qkv": the Q and K parts of a fused [Q;K;V] kept fused
+TOKENIZER_KINDS = ("sentencepiece", "bpe")
 
 
 def maps_dir():
@@ -35,17 +37,24 @@ class Rule:
 
     def __init__(self, spec, where):
         self.source = spec["from"]
-        self.split = spec.get("split")
+        # "regroup": a fused tensor kept fused but put in llama.cpp's [Q; K; V] / [gate; up] row order (ChatGLM's
+        # query_key_value and dense_h_to_4h when rank-blocked by tensor parallelism, or interleaved)
+        self.regroup = spec.get("regroup") is not None
+        self.split = spec.get("regroup", spec.get("split"))
         targets = spec["to"]
         self.targets = targets if isinstance(targets, list) else [targets]
         permute = spec.get("permute")
         self.permutes = permute if isinstance(permute, list) else [permute] * len(self.targets)
+        # which fused_layout entry decides the row layout: the split kind, or a named one ("mcore_qkv")
+        self.layout = spec.get("layout", self.split)
         if self.split is not None and self.split not in SPLITS:
-            raise ConvertError(f"{where}: unknown split '{self.split}' (known: {', '.join(SPLITS)})")
-        if len(self.targets) != (SPLITS[self.split] if self.split else 1):
-            raise ConvertError(f"{where}: '{self.source}' needs {SPLITS.get(self.split, 1)} target names")
+            raise ConvertError(f"{where}: unknown split or regroup '{self.split}' (known: {', '.join(SPLITS)})")
+        wanted = SPLITS[self.split] if self.split and not self.regroup else 1
+        if len(self.targets) != wanted:
+            raise ConvertError(f"{where}: '{self.source}' needs {wanted} target name{'s' if wanted > 1 else ''}")
         if len(self.permutes) != len(self.targets) or any(p not in PERMUTES for p in self.permutes):
-            raise ConvertError(f"{where}: bad 'permute' for '{self.source}' (use \"q\", \"k\" or null per target)")
+            raise ConvertError(f"{where}: bad 'permute' for '{self.source}' (use \"q\", \"k\", \"qkv\" or null per "
+                               "target)")
         # "model.layers.{i}.x" -> regex with a named layer group
         self._regex = re.compile("^" + re.escape(self.source).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
 
@@ -71,7 +80,8 @@ class FamilyMap:
             self.tokenizer = data.get("tokenizer", "sentencepiece")
             self.tokenizer_pre = data.get("tokenizer_pre")             # llama.cpp pre-tokenizer name (BPE)
             self.tokenizer_specials = data.get("tokenizer_specials", {})   # see gguf_out/vocab_bpe.py
-            self.rope_permute = bool(data.get("rope_permute", False))
+            # true/false, or {"flag": config key}: permute only when the config sets that key (use_rearrange_rope)
+            self.rope_permute = data.get("rope_permute", False)
             self.config_keys = data.get("config", {})
             self.defaults = data.get("defaults", {})
             self.metadata = data.get("metadata", {})
@@ -83,28 +93,68 @@ class FamilyMap:
             self.generated = data.get("generated", {})     # {GGUF tensor: generator name in generated.py}
             self.detect = data.get("detect", {})           # hints for choosing this map (detect.py)
             self.chat_template = data.get("chat_template")  # default built-in chat format (templates.py)
+            # another tokenizer kind the family ships, with its own pre-tokenizer, specials and chat template:
+            # {"sentencepiece": {"tokenizer_pre": ..., "tokenizer_specials": ..., "chat_template": ...}}
+            self.tokenizer_variants = data.get("tokenizer_variants", {})
             skip = data.get("skip", {})
         except (KeyError, TypeError) as err:
             raise ConvertError(f"{where}: malformed map (missing or wrong entry {err})") from None
-        if not isinstance(self.tokenizer_pre, (str, type(None))) or not isinstance(self.tokenizer_specials, dict):
-            raise ConvertError(f"{where}: 'tokenizer_pre' must be a string and 'tokenizer_specials' an object")
         self._check_fused_layout(where)
-        from .templates import FORMATS, lookup
-        if self.chat_template is not None and lookup(self.chat_template) is None:
-            raise ConvertError(f"{where}: unknown chat_template '{self.chat_template}' "
-                               f"(built-in: {', '.join(FORMATS)})")
+        self._check_tokenizers(where)
+        if not (isinstance(self.rope_permute, bool) or (isinstance(self.rope_permute, dict)
+                                                        and isinstance(self.rope_permute.get("flag"), str))):
+            raise ConvertError(f"{where}: 'rope_permute' must be true, false or {{\"flag\": config key}}")
         self.skip_groups = set(skip.get("groups", []))
         self.skip_names = list(skip.get("names", []))
         self._check_against_gguf(where)
+
+    def _check_tokenizers(self, where):
+        from .templates import FORMATS, lookup
+        kinds = {self.tokenizer: self.__dict__, **self.tokenizer_variants}
+        for kind, spec in kinds.items():
+            if kind not in TOKENIZER_KINDS or not isinstance(spec, dict):
+                raise ConvertError(f"{where}: unknown tokenizer kind '{kind}' (known: {', '.join(TOKENIZER_KINDS)})")
+            template = spec.get("chat_template")
+            if template is not None and lookup(template) is None:
+                raise ConvertError(f"{where}: unknown chat_template '{template}' (built-in: {', '.join(FORMATS)})")
+            if not isinstance(spec.get("tokenizer_pre"), (str, type(None))) or \
+                    not isinstance(spec.get("tokenizer_specials", {}), dict):
+                raise ConvertError(f"{where}: 'tokenizer_pre' must be a string and 'tokenizer_specials' an object")
+
+    @property
+    def tokenizer_kinds(self):
+        return [self.tokenizer, *(k for k in self.tokenizer_variants if k != self.tokenizer)]
+
+    def for_tokenizer(self, kind):
+        """This map with the tokenizer settings of ``kind`` (one of tokenizer_kinds; None or the main kind: itself)."""
+        if kind is None or kind == self.tokenizer or kind not in self.tokenizer_variants:
+            return self
+        variant = copy.copy(self)
+        variant.tokenizer = kind
+        spec = self.tokenizer_variants[kind]
+        variant.tokenizer_pre = spec.get("tokenizer_pre")
+        variant.tokenizer_specials = spec.get("tokenizer_specials", {})
+        variant.chat_template = spec.get("chat_template")
+        return variant
+
+    def permutes_rope(self, config):
+        """Whether the checkpoint's Q/K rows are in rotate_half order and must be permuted for llama.cpp."""
+        if isinstance(self.rope_permute, dict):
+            return config.get(self.rope_permute["flag"]) is True
+        return self.rope_permute
 
     def _check_fused_layout(self, where):
         layouts = ("interleaved", "contiguous")
         for kind, spec in self.fused_layout.items():
             flags = spec.get("flags", {}) if isinstance(spec, dict) else None
-            if (kind not in SPLITS or not isinstance(flags, dict) or spec.get("default", "interleaved") not in layouts
+            if (not isinstance(flags, dict) or spec.get("default", "interleaved") not in layouts
                     or any(not isinstance(v, list) or len(v) != 2 or set(v) - set(layouts) for v in flags.values())):
                 raise ConvertError(f"{where}: bad fused_layout entry '{kind}' (want {{\"default\": layout, \"flags\": "
-                                   f"{{config key: [layout if true, layout if false]}}}} for {' or '.join(SPLITS)})")
+                                   "{config key: [layout if true, layout if false]}})")
+        for rule in self.rules:
+            if rule.layout != rule.split and (rule.split is None or rule.layout not in self.fused_layout):
+                raise ConvertError(f"{where}: '{rule.source}' names the layout '{rule.layout}', which needs a split "
+                                   "and a fused_layout entry of that name")
 
     def _check_against_gguf(self, where):
         archs = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}

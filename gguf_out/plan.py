@@ -7,6 +7,7 @@ or an error), cross-checks the config against the shapes, and fixes each output 
 
 from dataclasses import dataclass, field
 
+import numpy as np
 
 from msckpt.classify import GROUP_TITLES, group_of
 
@@ -92,7 +93,7 @@ def _observe(mapped, fmap, ckpt_path):
     if layers:
         observed["num_layers"] = (max(layers) + 1, f"layer indices (0..{max(layers)})")
     for tensor, rule, layer in mapped:
-        if rule.split:
+        if rule.split and not rule.regroup:
             continue
         spec = fmap.shapes.get(rule.targets[0])
         if not spec or len(spec) != len(tensor.shape):
@@ -119,7 +120,7 @@ def build(ckpt, fmap, config, config_path, options):
 
     outputs = [Output(t.name, t, None, t.shape, transform=f"generated: {t.what}")
                for t in generated.tensors(fmap, hp, config, config_path)]
-    permute = fmap.rope_permute and options.rope_layout == "hf"
+    permute = fmap.permutes_rope(config) and options.rope_layout == "hf"
     # map order, layer by layer: the GGUF does not depend on the order of the checkpoint's files and records
     order = {id(rule): k for k, rule in enumerate(fmap.rules)}
     for tensor, rule, layer in sorted(mapped, key=lambda m: (m[2], order[id(m[1])])):
@@ -140,10 +141,11 @@ def build(ckpt, fmap, config, config_path, options):
 
 
 def fused_layouts(fmap, config, options):
-    """Row layout of each kind of fused tensor ("qkv", "gate_up"): --fused-layout if given, else the first of the
-    map's config flags the config sets (e.g. use_contiguous_weight_layout_attention), else the map's default."""
+    """Row layout of each kind of fused tensor ("qkv", "gate_up", or a map's named kind such as "mcore_qkv"):
+    --fused-layout if given, else the first of the map's config flags the config sets (e.g.
+    use_contiguous_weight_layout_attention), else the map's default."""
     layouts = {}
-    for kind in SPLITS:
+    for kind in [*SPLITS, *(k for k in fmap.fused_layout if k not in SPLITS)]:
         spec = fmap.fused_layout.get(kind, {})
         layout = options.fused_layout
         for flag, (if_true, if_false) in spec.get("flags", {}).items():
@@ -173,7 +175,7 @@ def _config_notes(config, config_path):
 def _target_rows(tensor, rule, layer, hp, options, layouts, permute, ckpt_path):
     names = rule.target_names(layer)
     n_rows = tensor.shape[0] if tensor.shape else 0
-    layout = layouts.get(rule.split)
+    layout = layouts.get(rule.layout)
     if rule.split == "qkv":
         expected = hp["q_width"] + 2 * hp["kv_width"]
         if n_rows != expected:
@@ -191,9 +193,22 @@ def _target_rows(tensor, rule, layer, hp, options, layouts, permute, ckpt_path):
         what = [f"split {layout} gate/up: {p}" for p in ("gate", "up")]
     else:
         parts, what = [None], [""]
+    if rule.regroup:        # one output: the parts in llama.cpp's order; identity rows copy as they are
+        joined = np.concatenate(parts)
+        parts = [None if np.array_equal(joined, np.arange(n_rows)) else joined]
+        what = ["" if parts[0] is None else f"regroup {layout} {'QKV' if rule.split == 'qkv' else 'gate/up'}"]
 
     for name, rows, kind, text in zip(names, parts, rule.permutes, what):
-        if kind and permute:
+        if kind == "qkv" and permute:
+            if n_rows != hp["qkv_width"]:
+                raise ConvertError(f"{ckpt_path}: fused '{tensor.name}' has {n_rows} rows; num_heads "
+                                   f"{hp['num_heads']}, num_kv_heads {hp['num_kv_heads']} and head_dim "
+                                   f"{hp['head_dim']} need {hp['qkv_width']}")
+            perm = transforms.permute_fused_qkv_rows(hp["num_heads"], hp["num_kv_heads"], hp["head_dim"])
+            rows = perm if rows is None else rows[perm]
+            text = (text + ", " if text else "") + (f"rope permutation of Q ({hp['num_heads']} heads) and K "
+                                                    f"({hp['num_kv_heads']} heads)")
+        elif kind and permute:
             heads = hp["num_heads"] if kind == "q" else hp["num_kv_heads"]
             count = len(rows) if rows is not None else n_rows
             perm = transforms.permute_rows(heads, count)

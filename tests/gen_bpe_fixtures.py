@@ -265,7 +265,9 @@ def check_with_mindformers(rank_file, strings, want):
     import os
     import tempfile
 
-    os.environ.setdefault("LOG_MF_PATH", tempfile.mkdtemp(prefix="gen_bpe_mf_log_"))
+    scratch = tempfile.mkdtemp(prefix="gen_bpe_mindformers_")     # MindFormers' logs and ./output go here
+    os.environ.setdefault("LOG_MF_PATH", scratch)
+    os.environ.setdefault("LOCAL_DEFAULT_PATH", scratch)
     from mindformers.models.glm2.glm4_tokenizer import ChatGLM4Tokenizer
 
     mf = ChatGLM4Tokenizer(str(rank_file))

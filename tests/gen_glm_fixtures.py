@@ -222,13 +222,15 @@ def write_chatglm3_tokenizer(folder: Path) -> dict:
     assert not pieces & set(CHATGLM3_SPECIALS), pieces & set(CHATGLM3_SPECIALS)
     specials = [[tok.get_command(t), t] for t in CHATGLM3_SPECIALS]
     assert [i for i, _ in specials] == list(range(n, n + len(specials)))
-    # a conversation as MindFormers builds it (build_chat_input: role token + "\n" + content per message)
+    # a conversation as MindFormers builds it (build_chat_input: [gMASK]sop, then role token + "\n" + content per
+    # message, then <|assistant|>)
     history = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello there"},
                {"role": "assistant", "content": "Hi!"}]
     chat = tok.build_chat_input("Name 3 colours.", history=history)["input_ids"][0].tolist()
+    assert chat[:2] == tok.get_prefix_tokens() and chat[2] == tok.get_command("<|system|>"), chat
     expected = {"family": "chatglm3", "pieces": n, "specials": specials, "prefix": tok.get_prefix_tokens(),
                 "strings": SPM_STRINGS, "ids": [tok.tokenizer.encode(s) for s in SPM_STRINGS],
-                "chat": {"history": history, "query": "Name 3 colours.", "ids": tok.get_prefix_tokens() + chat},
+                "chat": {"history": history, "query": "Name 3 colours.", "ids": chat},
                 "generator": "tests/gen_glm_fixtures.py (MindFormers 2.1.0 ChatGLM3Tokenizer)"}
     body = ",\n".join(f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in expected.items())
     (folder / "expected.json").write_text("{\n" + body + "\n}\n", encoding="utf-8")

@@ -57,6 +57,9 @@ ARCH_TYPES = {
     "rope.dimension_count": V.UINT32, "rope.freq_base": V.FLOAT32, "rope.scaling.type": V.STRING,
     "rope.scaling.factor": V.FLOAT32, "rope.scaling.original_context_length": V.UINT32,
     "vocab_size": V.UINT32, "expert_count": V.UINT32, "expert_used_count": V.UINT32,
+    "expert_feed_forward_length": V.UINT32, "expert_shared_count": V.UINT32,
+    "expert_shared_feed_forward_length": V.UINT32, "leading_dense_block_count": V.UINT32,
+    "expert_weights_scale": V.FLOAT32, "expert_weights_norm": V.BOOL, "expert_gating_func": V.UINT32,
 }
 PER_LAYER = {"feed_forward_length", "attention.head_count", "attention.head_count_kv"}
 # llama.cpp's load_hparams fails without these (any arch) ...
@@ -64,6 +67,10 @@ ARCH_REQUIRED = ("context_length", "embedding_length", "block_count")
 # ... and without these when the family uses them (missing -> a key error or a wrong tensor shape)
 MAP_REQUIRED = {"feed_forward_length", "attention.head_count", "attention.layer_norm_rms_epsilon",
                 "attention.layer_norm_epsilon"}
+# ... and, in a file with expert tensors, these (an abort, not a load error, when the first two are missing:
+# moe-families.md §2.3)
+MOE_ABORTS = ("expert_count", "expert_used_count")
+MOE_REQUIRED = set(MOE_ABORTS) | {"expert_feed_forward_length", "expert_shared_count", "leading_dense_block_count"}
 
 FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16,
                GGMLQuantizationType.F64}
@@ -367,14 +374,21 @@ def _check_required(report, arch, family_maps):
     required = [Keys.General.ARCHITECTURE, Keys.Tokenizer.MODEL, Keys.Tokenizer.LIST]
     if arch:
         required += [f"{arch}.{suffix}" for suffix in ARCH_REQUIRED]
+    experts = any("_exps." in t.name for t in report.tensors)
     for fmap in family_maps:
         for key in fmap.metadata:
             full = key.replace("{arch}", arch)
-            if full[len(arch) + 1:] in MAP_REQUIRED and full not in required:
+            suffix = full[len(arch) + 1:]
+            if key in fmap.optional_metadata or (suffix in MOE_REQUIRED and not experts):
+                continue
+            if (suffix in MAP_REQUIRED or suffix in MOE_REQUIRED) and full not in required:
                 required.append(full)
+    if arch and experts:
+        required += [f"{arch}.{suffix}" for suffix in MOE_ABORTS if f"{arch}.{suffix}" not in required]
     for key in required:
         if key not in report.kv:
-            report.error("missing-key", f"required metadata key {key} is missing")
+            why = " (llama.cpp aborts the process without it)" if key.rsplit(".", 1)[-1] in MOE_ABORTS else ""
+            report.error("missing-key", f"required metadata key {key} is missing{why}")
 
 
 def _check_vocab(report, n_embd_rows):
@@ -561,6 +575,8 @@ def _check_tensors(report, arch, family_maps, layers, hp):
         if missing:
             more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
             report.error("missing-tensor", f"required tensor {', '.join(missing[:3])}{more} is missing")
+    if isinstance(layers, int):
+        _check_layer_kinds(report, by_name, family_maps, required, layers)
     shapes = {}
     for fmap in family_maps:
         for pattern, spec in fmap.shapes.items():
@@ -574,6 +590,35 @@ def _check_tensors(report, arch, family_maps, layers, hp):
             described = " x ".join(f"{s}={hp[s]}" if isinstance(s, str) else str(s) for s in spec)
             report.error("shape", f"tensor '{t.name}' has shape {list(t.shape)}; the metadata gives "
                                   f"{list(expected)} ({described})")
+
+
+def _layer_kinds(family_maps, common):
+    """[(kind, [tensor patterns])] the maps of one arch allow per layer: their layer_kinds, and for maps without
+    any, the per-layer tensors they require beyond what all the arch's maps require (a dense feed-forward)."""
+    kinds = []
+    for fmap in family_maps:
+        found = list(fmap.layer_kinds.items()) or [("dense", sorted(p for p in set(fmap.required) - common
+                                                                     if "{i}" in p))]
+        for kind, patterns in found:
+            if patterns and (kind, sorted(patterns)) not in kinds:
+                kinds.append((kind, sorted(patterns)))
+    return kinds
+
+
+def _check_layer_kinds(report, by_name, family_maps, common, layers):
+    """Every layer must be complete as exactly one kind (dense or mixture-of-experts): llama.cpp fails to load a
+    layer missing one of its tensors."""
+    kinds = _layer_kinds(family_maps, common)
+    if not kinds:
+        return
+    for layer in range(layers):
+        names = [[p.replace("{i}", str(layer)) for p in patterns] for _, patterns in kinds]
+        if any(all(n in by_name for n in group) for group in names):
+            continue
+        best = max(range(len(kinds)), key=lambda k: sum(n in by_name for n in names[k]))
+        lacking = [n for n in names[best] if n not in by_name]
+        report.error("missing-tensor", f"layer {layer} is incomplete as a {kinds[best][0]} layer: "
+                                       f"{', '.join(lacking[:3])}{' ...' if len(lacking) > 3 else ''} missing")
 
 
 def check_buffer(buf, report, family_maps=None):

@@ -1,6 +1,7 @@
 """``ms2gguf CKPT MAP OUT``: plan, then stream every tensor into a temporary GGUF, then rename it into place."""
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -58,6 +59,9 @@ def build_parser():
     p.add_argument("--train-tp", type=int, default=None, metavar="N",
                    help="tensor-parallel degree the model was trained with; contiguous fused tensors are then "
                    "rank-blocked (default: read from a distributed checkpoint's strategy, else 1)")
+    p.add_argument("--allow-inexact", action="store_true", help="convert even when the model uses settings the "
+                   "GGUF architecture cannot represent exactly (e.g. mixture-of-experts routing without "
+                   "renormalisation for qwen3moe); each is reported as a warning instead of an error")
     p.add_argument("--strategy", metavar="FILE_OR_DIR", help="parallel strategy of a distributed CKPT directory "
                    "(rank_N/ shards): a strategy file (.ckpt/.json) or a directory of per-rank files (default: "
                    "CKPT/strategy* or MindFormers' CKPT/../strategy/)")
@@ -160,7 +164,7 @@ def run(args):
             log(args, f"map: {fmap.family} ({fmap.path}), chosen from the tensor names and {config_path}")
             tokenizer_path = _tokenizer_path(args, fmap)
         options = planning.Options(args.outtype[0], args.rope_layout, args.fused_layout,
-                                   _train_tp(args, ckpt, fmap, config))
+                                   _train_tp(args, ckpt, fmap, config), args.allow_inexact)
         plan = planning.build(ckpt, fmap, config, config_path, options)
         vocab = vocabulary.load_tokenizer(tokenizer_path, fmap)
         vocabulary.pad_to(vocab, int(plan.hp["vocab_size"]))
@@ -169,6 +173,8 @@ def run(args):
         targets = [_target(outtype, path, plan, fmap, vocab, name) for outtype, path in zip(args.outtype, out_paths)]
         for warning in vocab.warnings + plan.notes + [n for t in targets[1:] for n in t.notes]:
             print(f"ms2gguf: warning: {warning}", file=sys.stderr)
+        for fact in plan.facts:
+            log(args, f"note: {fact}")
         if args.verbose or args.dry_run:
             _print_plan(plan, targets, sys.stdout if args.dry_run else sys.stderr)
         if args.dry_run:
@@ -201,7 +207,7 @@ def _target(outtype, path, plan, fmap, vocab, name):
 def _train_tp(args, ckpt, fmap, config):
     """--train-tp, else (contiguous fused tensors only: the others are the same for any degree) what a
     distributed checkpoint's strategy shows for its fused tensors, else 1."""
-    layouts = planning.fused_layouts(fmap, config, planning.Options(fused_layout=args.fused_layout))
+    layouts, _ = planning.fused_layouts(fmap, config, planning.Options(fused_layout=args.fused_layout), ckpt)
     contiguous = "contiguous" in layouts.values()
     if args.train_tp is not None:
         if args.train_tp > 1 and not contiguous:
@@ -212,7 +218,7 @@ def _train_tp(args, ckpt, fmap, config):
     hint = getattr(ckpt, "train_tp_hint", None)
     if hint is None or not contiguous:
         return 1
-    tp = hint([t.name for t in ckpt if getattr(fmap.rule_for(t.name)[0], "split", None)]) or 1
+    tp = hint([t.name for t in ckpt if getattr(fmap.rule_for(t.name)[0], "fused", None)]) or 1
     if tp > 1:
         log(args, f"note: --train-tp {tp} from the strategy (fused tensors' rows are split {tp} ways)")
     return tp
@@ -276,12 +282,12 @@ def _check_output(tmp_name, out_path, fmap):
 
 def _write_tensor(writers, out, bar, threads):
     """One output tensor into each (writer, ggml type): kernel copies where the bytes are the checkpoint's,
-    otherwise the rows are read once, block by block, and encoded for each type."""
-    tensor = out.source
+    otherwise the tensor is read once, band by band (plan.bands), and each band encoded for each type."""
     encoded = []
     for writer, ggml_type in writers:
         writer.begin_tensor(out.name)
         if out.copies_as(ggml_type):
+            tensor = out.source
             for offset, length in tensor.byte_ranges():
                 tensor.source.advise_sequential(offset, length)
                 writer.copy_range(tensor.source.fileno(), offset, length)
@@ -289,9 +295,9 @@ def _write_tensor(writers, out, bar, threads):
         else:
             encoded.append((writer, ggml_type))
     if encoded:
-        for block in planning.row_blocks(out):
+        for band in planning.bands(out):
             for writer, ggml_type in encoded:
-                data = encode_rows(block, tensor.dtype.name, ggml_type, threads)
+                data = encode_rows(band, out.dtype_name, ggml_type, threads)
                 writer.write(memoryview(data).cast("B"))
                 bar.update(data.nbytes)
     for writer, _ in writers:
@@ -305,12 +311,14 @@ def _print_plan(plan, targets, stream):
     for i, o in enumerate(plan.outputs):
         types = "/".join(GGMLQuantizationType(t.types[i]).name for t in targets)
         how = "copy" if all(o.copies_as(t.types[i]) for t in targets) else o.transform or "convert"
-        print(f"tensor {o.name:<{width}}  {types:<5} {'x'.join(map(str, o.shape)):<14} <- {o.source.name} "
+        names = [t.name for t in o.expr.sources()]
+        source = names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} more)"
+        print(f"tensor {o.name:<{width}}  {types:<5} {'x'.join(map(str, o.shape)):<14} <- {source} "
               f"[{o.source.dtype.name}] {how}", file=stream)
 
 
 def _summary(args, plan, target, seconds):
-    params = sum(int(o.shape[0]) * (int(o.shape[1]) if len(o.shape) > 1 else 1) for o in plan.outputs)
+    params = sum(math.prod(o.shape) for o in plan.outputs)
     log(args, f"wrote {target.path}: {len(plan.outputs)} tensors, {params:,} parameters, "
               f"{human_bytes(target.size)}, {target.outtype}, {seconds:.1f} s ({len(plan.skipped)} checkpoint "
               f"entries skipped{'; -v lists them' if plan.skipped and not args.verbose else ''})")

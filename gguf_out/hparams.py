@@ -54,7 +54,10 @@ def read_config(path):
         if not isinstance(config, dict):
             raise ConvertError(f"{path}: MindFormers yaml without model.model_config")
         hf_config = _pretrained_config(path, data, config)
-        return {**hf_config, **config} if hf_config else dict(config)
+        merged = {**hf_config, **config} if hf_config else dict(config)
+        if isinstance(data.get("moe_config"), dict) and "moe_config" not in merged:
+            merged["moe_config"] = data["moe_config"]     # legacy MoE models: a top-level section of the yaml
+        return merged
     return _flatten_rope_parameters(data)   # HF config.json (or a bare model_config)
 
 
@@ -108,13 +111,14 @@ class HParams(dict):
 
 
 def _from_config(config, entry):
-    """(value, key) of one config key entry of a map, or None: a key, or {"key": k, "times": x} (a value in other
-    units, e.g. ChatGLM's rope_ratio for rope_theta / 10000) with "when": flag (only if the config does not set that
-    flag false, e.g. multi_query_group_num only with multi_query_attention)."""
+    """(value, where) of one config key entry of a map, or None: a key (dotted keys reach into sections), or
+    {"key": k, "times": x} (a value in other units, e.g. ChatGLM's rope_ratio for rope_theta / 10000) with an optional
+    "when": flag (only if the config does not set that flag false, e.g. multi_query_group_num only with
+    multi_query_attention)."""
     if isinstance(entry, str):
         entry = {"key": entry}
-    value = config.get(entry["key"])
-    if value is None or config.get(entry.get("when")) is False:
+    value = lookup(config, entry["key"])
+    if value is None or ("when" in entry and lookup(config, entry["when"]) is False):
         return None
     if "times" in entry:
         value = value * entry["times"]
@@ -219,6 +223,31 @@ def complete(hp, observed, config_path):
         check("ffn_size", observed["ffn_size"][0], observed["ffn_size"][1])
     if "ffn_size" in hp:
         hp.put("gate_up_width", 2 * int(hp["ffn_size"]), "2 x ffn_size")     # a fused [gate; up]
+    handled = {"hidden_size", "num_layers", "vocab_size", "head_dim", "kv_width", "q_width", "qkv_width", "ffn_size"}
+    for name, (value, what) in observed.items():
+        if name not in handled:
+            check(name, value, what)
     if "context_length" not in hp:
         raise ConvertError(f"{config_path}: no context length (seq_length / max_position_embedding)")
     return hp
+
+
+def lookup(config, key):
+    """config[key], where a dotted key reaches into nested sections ("moe_config.expert_num")."""
+    value = config
+    for part in key.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def ignored_settings(family_map, config, config_path):
+    """Warnings for config settings MindFormers ignores for this family (the map's ``ignored_config``: key ->
+    [values that mean 'not set', why]), so a user does not expect them to shape the GGUF."""
+    notes = []
+    for key, (unset, why) in family_map.ignored_config.items():
+        value = lookup(config, key)
+        if value is not None and value not in unset:
+            notes.append(f"{config_path}: {key} is {value!r}, but {why}")
+    return notes

@@ -13,6 +13,7 @@ from pathlib import Path
 import gguf
 
 from .errors import ConvertError
+from .steps import fan_out
 
 _HERE = Path(__file__).resolve().parent
 SPLITS = {"qkv": 3, "gate_up": 2}
@@ -33,37 +34,67 @@ def bundled_names():
 
 
 class Rule:
-    """One row of a map: a MindFormers name pattern and the GGUF tensor(s) it becomes."""
+    """One row of a map: MindFormers name pattern(s) and the GGUF tensor(s) they become.
+
+    ``from`` is a pattern with ``{i}`` for the layer (and ``{e}`` for the expert of per-expert tensors, which are
+    stacked into one 3-D tensor), or a list of patterns whose tensors are concatenated along the first axis.
+    ``steps`` (gguf_out/steps.py) say how the source becomes the targets; the older ``split`` / ``permute`` keys
+    are shorthands for the steps ``{"split": ...}`` and ``{"permute": ...}``, ``regroup`` for ``{"regroup": ...}`` (a
+    fused tensor kept fused, in llama.cpp's row order). ``ndim`` restricts the rule to tensors of that rank (the
+    training and inference networks save some tensors in different shapes); ``shape`` names the source's dimensions
+    so hyperparameters can be read off it; ``layout`` names the map's fused_layout entry that decides the rows of
+    this rule's fused tensor, when it is not the one of its kind (e.g. mcore "linear_qkv" beside legacy "w_qkv")."""
 
     def __init__(self, spec, where):
-        self.source = spec["from"]
-        # "regroup": a fused tensor kept fused but put in llama.cpp's [Q; K; V] / [gate; up] row order (ChatGLM's
-        # query_key_value and dense_h_to_4h when rank-blocked by tensor parallelism, or interleaved)
-        self.regroup = spec.get("regroup") is not None
-        self.split = spec.get("regroup", spec.get("split"))
+        sources = spec["from"]
+        self.sources = list(sources) if isinstance(sources, list) else [sources]
+        if not self.sources or not all(isinstance(p, str) for p in self.sources):
+            raise ConvertError(f"{where}: 'from' must be a name pattern or a list of them")
+        self.source = self.sources[0]
         targets = spec["to"]
         self.targets = targets if isinstance(targets, list) else [targets]
-        permute = spec.get("permute")
-        self.permutes = permute if isinstance(permute, list) else [permute] * len(self.targets)
-        # which fused_layout entry decides the row layout: the split kind, or a named one ("mcore_qkv")
-        self.layout = spec.get("layout", self.split)
-        if self.split is not None and self.split not in SPLITS:
-            raise ConvertError(f"{where}: unknown split or regroup '{self.split}' (known: {', '.join(SPLITS)})")
-        wanted = SPLITS[self.split] if self.split and not self.regroup else 1
-        if len(self.targets) != wanted:
-            raise ConvertError(f"{where}: '{self.source}' needs {wanted} target name{'s' if wanted > 1 else ''}")
-        if len(self.permutes) != len(self.targets) or any(p not in PERMUTES for p in self.permutes):
-            raise ConvertError(f"{where}: bad 'permute' for '{self.source}' (use \"q\", \"k\", \"qkv\" or null per "
-                               "target)")
-        # "model.layers.{i}.x" -> regex with a named layer group
-        self._regex = re.compile("^" + re.escape(self.source).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+        self.ndim = spec.get("ndim")
+        self.shape = spec.get("shape")
+        self.stacked = "{e}" in self.source
+        if self.stacked and len(self.sources) > 1:
+            raise ConvertError(f"{where}: '{self.source}': per-expert ({{e}}) rules have one pattern")
+        split, permute, regroup = spec.get("split"), spec.get("permute"), spec.get("regroup")
+        steps = spec.get("steps")
+        if steps is None:
+            for kind in (split, regroup):
+                if kind is not None and kind not in SPLITS:
+                    raise ConvertError(f"{where}: unknown split or regroup '{kind}' (known: {', '.join(SPLITS)})")
+            if isinstance(permute, list) and any(p not in PERMUTES for p in permute) or \
+                    not isinstance(permute, list) and permute not in PERMUTES:
+                raise ConvertError(f"{where}: bad 'permute' for '{self.source}' (use \"q\", \"k\", \"qkv\" or null "
+                                   "per target)")
+            steps = ([{"split": split}] if split else []) + ([{"regroup": regroup}] if regroup else []) + \
+                ([{"permute": permute}] if permute else [])
+        elif split is not None or permute is not None or regroup is not None:
+            raise ConvertError(f"{where}: '{self.source}': give 'steps' or 'split' / 'regroup' / 'permute', not both")
+        if not isinstance(steps, list):
+            raise ConvertError(f"{where}: '{self.source}': 'steps' must be a list")
+        self.steps = steps
+        count = fan_out(steps, f"{where}: '{self.source}'")
+        if len(self.targets) != count:
+            raise ConvertError(f"{where}: '{self.source}' needs {count} target names")
+        named = [s.get("split", s.get("regroup")) for s in steps if isinstance(s, dict)]
+        self.fused = next((k for k in named if isinstance(k, str) and k in SPLITS), None)
+        self.layout = spec.get("layout")
+        self._regexes = [re.compile("^" + re.escape(p).replace(r"\{i\}", r"(?P<i>\d+)")
+                                    .replace(r"\{e\}", r"(?P<e>\d+)") + "$") for p in self.sources]
 
-    def match(self, name):
-        """The layer index (or -1 for a non-layer tensor) if name matches, else None."""
-        m = self._regex.match(name)
-        if not m:
+    def match(self, name, ndim=None):
+        """(layer or -1, expert or -1, index of the matching pattern) if ``name`` (of rank ``ndim``, when given)
+        is this rule's, else None."""
+        if ndim is not None and self.ndim is not None and ndim != self.ndim:
             return None
-        return int(m.group("i")) if "i" in m.groupdict() else -1
+        for k, regex in enumerate(self._regexes):
+            m = regex.match(name)
+            if m:
+                groups = m.groupdict()
+                return int(groups.get("i") or -1), int(groups.get("e") or -1), k
+        return None
 
     def target_names(self, layer):
         return [t.replace("{i}", str(layer)) for t in self.targets]
@@ -84,7 +115,10 @@ class FamilyMap:
             self.rope_permute = data.get("rope_permute", False)
             self.config_keys = data.get("config", {})
             self.defaults = data.get("defaults", {})
-            self.metadata = data.get("metadata", {})
+            # {GGUF key: (type, hyperparameter)}; a third entry "optional" writes the key only when the value is known
+            metadata = data.get("metadata", {})
+            self.metadata = {key: tuple(spec[:2]) for key, spec in metadata.items()}
+            self.optional_metadata = {key for key, spec in metadata.items() if spec[2:] == ["optional"]}
             self.rules = [Rule(spec, where) for spec in data["tensors"]]
             self.shapes = data.get("shapes", {})
             self.required = data.get("required", [])
@@ -93,6 +127,17 @@ class FamilyMap:
             self.generated = data.get("generated", {})     # {GGUF tensor: generator name in generated.py}
             self.detect = data.get("detect", {})           # hints for choosing this map (detect.py)
             self.chat_template = data.get("chat_template")  # default built-in chat format (templates.py)
+            # {kind: [GGUF tensors every layer of that kind has]}: e.g. dense and mixture-of-experts layers;
+            # each layer must have all the tensors of exactly one kind
+            self.layer_kinds = data.get("layer_kinds", {})
+            self.layer_order = data.get("layer_order")     # None: any; "dense_first": dense layers, then MoE
+            self.reject = data.get("reject", {})           # {name pattern: why such a checkpoint is not this family}
+            self.routing = data.get("routing")             # expert routing llama.cpp computes for this arch (moe.py)
+            # {config key: [values that mean "not set", why a set value is ignored]}
+            self.ignored_config = data.get("ignored_config", {})
+            # a checkpoint saved from MindFormers' inference network: {"tensor": regex, "ndim": n} (its fused
+            # tensors are then contiguous, whatever the yaml says)
+            self.inference_save = data.get("inference_save")
             # another tokenizer kind the family ships, with its own pre-tokenizer, specials and chat template:
             # {"sentencepiece": {"tokenizer_pre": ..., "tokenizer_specials": ..., "chat_template": ...}}
             self.tokenizer_variants = data.get("tokenizer_variants", {})
@@ -107,6 +152,22 @@ class FamilyMap:
         self.skip_groups = set(skip.get("groups", []))
         self.skip_names = list(skip.get("names", []))
         self._check_against_gguf(where)
+
+    def _check_fused_layout(self, where):
+        layouts = ("interleaved", "contiguous")
+        named = {rule.layout for rule in self.rules if rule.layout}
+        for kind, spec in self.fused_layout.items():
+            flags = spec.get("flags", {}) if isinstance(spec, dict) else None
+            if (kind not in set(SPLITS) | named or not isinstance(flags, dict)
+                    or spec.get("default", "interleaved") not in layouts
+                    or any(not isinstance(v, list) or len(v) != 2 or set(v) - set(layouts) for v in flags.values())):
+                raise ConvertError(f"{where}: bad fused_layout entry '{kind}' (want {{\"default\": layout, \"flags\": "
+                                   f"{{config key: [layout if true, layout if false]}}}} for {' or '.join(SPLITS)} "
+                                   "or a layout a rule names)")
+        for rule in self.rules:
+            if rule.layout and (rule.fused is None or rule.layout not in self.fused_layout):
+                raise ConvertError(f"{where}: '{rule.source}' names the layout '{rule.layout}', which needs a split "
+                                   "or regroup and a fused_layout entry of that name")
 
     def _check_tokenizers(self, where):
         from .templates import FORMATS, lookup
@@ -143,19 +204,6 @@ class FamilyMap:
             return config.get(self.rope_permute["flag"]) is True
         return self.rope_permute
 
-    def _check_fused_layout(self, where):
-        layouts = ("interleaved", "contiguous")
-        for kind, spec in self.fused_layout.items():
-            flags = spec.get("flags", {}) if isinstance(spec, dict) else None
-            if (not isinstance(flags, dict) or spec.get("default", "interleaved") not in layouts
-                    or any(not isinstance(v, list) or len(v) != 2 or set(v) - set(layouts) for v in flags.values())):
-                raise ConvertError(f"{where}: bad fused_layout entry '{kind}' (want {{\"default\": layout, \"flags\": "
-                                   "{config key: [layout if true, layout if false]}})")
-        for rule in self.rules:
-            if rule.layout != rule.split and (rule.split is None or rule.layout not in self.fused_layout):
-                raise ConvertError(f"{where}: '{rule.source}' names the layout '{rule.layout}', which needs a split "
-                                   "and a fused_layout entry of that name")
-
     def _check_against_gguf(self, where):
         archs = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
         if self.arch not in archs:
@@ -166,13 +214,17 @@ class FamilyMap:
             if base not in allowed:
                 raise ConvertError(f"{where}: '{target}' is not a tensor of GGUF architecture '{self.arch}'")
 
-    def rule_for(self, name):
-        """(rule, layer) for a checkpoint name, or (None, None)."""
+    def rule_for(self, name, ndim=None):
+        """(rule, layer) for a checkpoint name (of rank ``ndim``, when given), or (None, None)."""
         for rule in self.rules:
-            layer = rule.match(name)
-            if layer is not None:
-                return rule, layer
+            found = rule.match(name, ndim)
+            if found is not None:
+                return rule, found[0]
         return None, None
+
+    def rejection(self, name):
+        """Why a checkpoint holding ``name`` is not this family's (the map's ``reject`` patterns), or None."""
+        return next((why for pattern, why in self.reject.items() if fnmatch.fnmatchcase(name, pattern)), None)
 
     def skipped_by_name(self, name):
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.skip_names)

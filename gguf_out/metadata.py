@@ -19,6 +19,8 @@ def build(fmap, plan, vocab, preset, name):
     if preset.quantization_version is not None:
         kvs.append((Keys.General.QUANTIZATION_VERSION, KV.u32(preset.quantization_version)))
     for key, (kind, source) in fmap.metadata.items():
+        if plan.hp.get(source) is None and key in fmap.optional_metadata:
+            continue
         if source not in plan.hp:
             raise ConvertError(f"{fmap.path}: metadata key {key} needs '{source}', which neither the config nor "
                                "the tensors provide")

@@ -295,7 +295,7 @@ def test_more_than_four_dimensions(tmp_path):
 def test_missing_required_tensor(tmp_path):
     tensors = [t for t in base_tensors() if t[0] != "blk.1.ffn_up.weight"]
     assert only(write_gguf(tmp_path / "f.gguf", tensors=tensors), "missing-tensor") == \
-        "required tensor blk.1.ffn_up.weight is missing"
+        "layer 1 is incomplete as a dense layer: blk.1.ffn_up.weight missing"
 
 
 def test_output_weight_may_be_absent(tmp_path):

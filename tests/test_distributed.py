@@ -12,7 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, LLAMA, convert
+from conftest import FIXTURES, LLAMA, convert, write_ckpt
 
 from msckpt import CheckpointError, open_checkpoint
 from msckpt.distributed import MergedTensor
@@ -173,19 +173,6 @@ def test_strategy_is_found_in_the_mindformers_layout_and_inside_the_directory():
 
 
 # ------------------------------------------------------------------------------------------------ errors
-
-def write_ckpt(path, entries):
-    """A plain .ckpt from [(name, MindSpore dtype name, array)] (same wire format MindSpore writes)."""
-    msg = message_class("checkpoint", "Checkpoint")()
-    for name, dtype, array in entries:
-        value = msg.value.add()
-        value.tag = name
-        value.tensor.dims.extend(array.shape)
-        value.tensor.tensor_type = dtype
-        value.tensor.tensor_content = np.ascontiguousarray(array).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(msg.SerializeToString())
-
 
 def write_strategy(path, layouts):
     """A strategy file from {name: dict(dev, map, step=0, size=0, field=0, split=[])}."""

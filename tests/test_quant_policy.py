@@ -361,3 +361,43 @@ def test_preset_names():
     assert preset("q4_k") is PRESETS["q4_k_m"] and preset("q3_k") is PRESETS["q3_k_m"]
     with pytest.raises(ValueError, match="unknown output type 'q7_k'"):
         preset("q7_k")
+
+
+# --- against the real llama-quantize --------------------------------------------------------------------------------
+# tests/fixtures/quant_tables: llama_model_quantize's choices on small synthetic models that ms2gguf converted
+# (tests/gen_policy_tables.py): a dense GQA Llama, a Llama with 8 experts, a Qwen3-MoE with 16.
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+TABLES = sorted((Path(__file__).parent / "fixtures" / "quant_tables").glob("*.json"))
+ARCHS = {"dense": "llama", "mixtral": "llama", "qwen3moe": "qwen3moe"}
+
+
+def table_case(path):
+    table = json.loads(path.read_text())
+    return table, [(name, tuple(shape)) for name, shape in table["tensors"]]
+
+
+@pytest.mark.parametrize("path", TABLES, ids=[p.stem for p in TABLES])
+def test_types_equal_llama_quantize(path):
+    table, tensors = table_case(path)
+    hp = table["hparams"]
+    assert set(table["types"]) == set(K_PRESETS)
+    for name, want in table["types"].items():
+        got = assign_types(tensors, preset(name), n_head=hp["nh"], n_head_kv=hp["nkv"], n_layer=hp["layers"],
+                           n_expert=hp["E"], arch=ARCHS[table["model"]])
+        assert {n: t.name for (n, _), (t, _) in zip(tensors, got)} == {n: t.upper() for n, t in want.items()}, name
+
+
+def test_the_plan_passes_the_expert_count():
+    """The n_expert == 8 rules (attn_v and attn_k at Q8_0, attn_output at Q5_K) must reach the policy from the
+    converter's plan: without n_expert these tensors would get the dense types."""
+    from gguf_out.plan import Output, Plan
+
+    table, tensors = table_case(next(p for p in TABLES if p.stem == "mixtral"))
+    hp = {"num_heads": table["hparams"]["nh"], "num_kv_heads": table["hparams"]["nkv"], "n_expert": 8}
+    plan = Plan([Output(n, None, s) for n, s in tensors], [], hp, table["hparams"]["layers"], arch="llama")
+    got = {n: t.name for (n, _), (t, _) in zip(tensors, plan.types("q4_k_m"))}
+    assert got == {n: t.upper() for n, t in table["types"]["q4_k_m"].items()}
+    assert got["blk.0.attn_v.weight"] == "Q8_0" and got["blk.0.attn_k.weight"] == "Q8_0"

@@ -37,7 +37,9 @@ causal mask. Its default mask (``use_past: False``, no ``attention_mask``) is ui
 even the last position is wrong. The generator checks that the default path gives exactly what the same causal mask
 passed as uint8 gives; the float mask gives transformers' logits.
 
-Deterministic: fixed seeds; weights drawn in the torch venv from numpy RandomState, rounded to the stored dtype.
+Deterministic: fixed seeds; weights drawn in the torch venv from numpy RandomState, rounded to the stored dtype. For
+GLM-4-MoE the weights come from the one of 64 seeds whose routing is the most decisive (the largest gap between the
+k-th and the next expert's choice score), so that quantization noise does not flip experts.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ sys.path.insert(0, str(HERE))
 
 SEQ_LENGTH = 64
 TEXT = "Thomas baked 12 €, 你好! Every morning he walked to the river."
+TEXT_MOE = "Thomas baked 12 €, 你好!"      # fewer tokens: fewer near-ties in the expert choice
 
 # The SentencePiece tokenizer of ChatGLM2/3: a BPE model, with GLM's special tokens appended after its pieces
 # (MindFormers glm3_tokenizer.py SPTokenizer; ids from the end of the SentencePiece vocabulary).
@@ -79,7 +82,7 @@ CHATGLM = {
     "chatglm/fused": dict(seed=4001, tokenizer="chatglm3", H=64, nh=4, nkv=2, hd=16, F=96, layers=2, rows=512,
                           rope_ratio=1.0, eps=1e-5, concat=True, rearrange=False, dtype="float16"),
     # GLM-4-9B-like: tiktoken BPE tokenizer, rope_ratio != 1, qkv_concat False: wq/wk/wv and dense_left/dense_right
-    "chatglm/split": dict(seed=4002, tokenizer="glm4", H=64, nh=8, nkv=2, hd=8, F=128, layers=2, rows=448,
+    "chatglm/split": dict(seed=4002, tokenizer="glm4", H=64, nh=4, nkv=2, hd=16, F=128, layers=2, rows=448,
                           rope_ratio=2.0, eps=1.5625e-07, concat=False, rearrange=False, dtype="bfloat16"),
     # use_rearrange_rope (YiZhao-12B): Q/K rows rearranged per head for a rotate_half rope
     "chatglm/rearranged": dict(seed=4003, tokenizer="glm4", H=64, nh=4, nkv=2, hd=16, F=96, layers=2, rows=448,
@@ -95,7 +98,8 @@ GLM4 = {
 }
 GLM4_MOE = {
     "glm4_moe/mcore": dict(seed=4201, tokenizer="glm4", H=64, nh=4, nkv=2, hd=32, F=96, Fm=32, E=8, k=2, shared=1,
-                           dense=1, layers=3, scale=2.5, rows=448, theta=10000.0, eps=1e-5, dtype="bfloat16"),
+                           dense=1, layers=3, scale=2.5, rows=448, theta=10000.0, eps=1e-5, dtype="bfloat16",
+                           candidates=64, text=TEXT_MOE),
 }
 QWEN2_MCORE = {
     "qwen2/mcore": dict(seed=2101, tokenizer="qwen", H=64, nh=4, nkv=2, F=96, layers=2, rows=448, theta=1000000.0,
@@ -143,6 +147,8 @@ def draw(name: str, shape: tuple, rs, hidden: int) -> np.ndarray:
     last axis = fan-in) ~ N(0, 0.8/sqrt(fan_in))."""
     if name.endswith("norm.weight"):
         return 1.0 + 0.2 * rs.standard_normal(shape)
+    if name.endswith("e_score_correction_bias"):        # GLM-4.5's routing bias: added to sigmoid scores in (0, 1)
+        return 0.1 * rs.standard_normal(shape)
     if name.endswith("bias"):
         return 0.5 * rs.standard_normal(shape)
     if name.endswith("embed_tokens.weight"):
@@ -163,26 +169,62 @@ def hf_worker(job_path: Path) -> None:
         config = transformers.AutoConfig.for_model(**task["config"])
         config._attn_implementation = "eager"
         model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
-        rs = np.random.RandomState(task["seed"])
-        state = model.state_dict()
-        weights = {}
-        for key, tensor in state.items():
-            if config.tie_word_embeddings and key == "lm_head.weight":
-                continue
-            a = torch.from_numpy(draw(key, tuple(tensor.shape), rs, config.hidden_size).astype(np.float32))
-            weights[key] = a.to(dtypes[task["dtype"]]).to(torch.float32)      # rounded to the stored dtype
-        if config.tie_word_embeddings:
-            weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
-        model.load_state_dict(weights, strict=True)
         model.eval()
+        # MoE: of `candidates` seeds, the one whose routing is the most decisive (quantization noise must not flip a
+        # token's experts)
+        seeds = [task["seed"] + 97 * c for c in range(task.get("candidates", 1))]
+        scored = [(routing_margin(model, weights, task["ids"]) if len(seeds) > 1 else 0.0, seed, weights)
+                  for seed in seeds for weights in [hf_weights(model, config, seed, dtypes[task["dtype"]])]]
+        margin, seed, weights = max(scored, key=lambda item: item[0])
+        model.load_state_dict(weights, strict=True)
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([task["ids"]])).logits[0].to(torch.float32).numpy()
+        if len(seeds) > 1:
+            Path(task["logits"]).with_suffix(".routing.json").write_text(json.dumps({"seed": seed, "margin": margin}))
         np.save(task["logits"], logits)
         np.savez(task["weights"], **{k: w.numpy() for k, w in weights.items()})
         if task.get("save_dir"):
             model.to(dtypes[task["dtype"]]).save_pretrained(task["save_dir"])
         print(f"hf {task['name']}: {type(model).__name__}, logits {logits.shape}", flush=True)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
+
+
+def hf_weights(model, config, seed, dtype):
+    import torch
+
+    rs = np.random.RandomState(seed)
+    weights = {}
+    for key, tensor in model.state_dict().items():
+        if config.tie_word_embeddings and key == "lm_head.weight":
+            continue
+        a = torch.from_numpy(draw(key, tuple(tensor.shape), rs, config.hidden_size).astype(np.float32))
+        weights[key] = a.to(dtype).to(torch.float32)      # rounded to the stored dtype
+    if config.tie_word_embeddings:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+    return weights
+
+
+def routing_margin(model, weights, ids):
+    """The smallest gap, over tokens and MoE layers, between the k-th and (k+1)-th expert choice score (GLM-4.5:
+    sigmoid(router logits) + correction bias), in units of the scores' spread."""
+    import torch
+
+    model.load_state_dict(weights, strict=True)
+    margins = []
+
+    def hook(module, args, _output):
+        x = args[0].reshape(-1, args[0].shape[-1]).to(torch.float32)
+        choice = torch.sigmoid(torch.nn.functional.linear(x, module.weight)) + module.e_score_correction_bias
+        top = torch.sort(choice, dim=-1, descending=True).values
+        k = model.config.num_experts_per_tok
+        margins.append(float(((top[:, k - 1] - top[:, k]) / choice.std()).min()))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if hasattr(m, "e_score_correction_bias")]
+    with torch.no_grad():
+        model(input_ids=torch.tensor([ids]))
+    for handle in handles:
+        handle.remove()
+    return min(margins)
 
 
 def run_hf(tasks: list[dict], work: Path, hf_python: str) -> None:
@@ -463,7 +505,7 @@ def generate_mcore(name: str, v: dict, ids: list[int], config_json: dict, work: 
         entry = {"params": save_net(net, vdir / "model.ckpt", work)}
         assert [n for n, _ in entry["params"]] == names
     np.save(vdir / "logits.npy", ref)
-    write_json(vdir / "tokens.json", {"text": TEXT, "ids": ids})
+    write_json(vdir / "tokens.json", {"text": v.get("text", TEXT), "ids": ids})
     write_json(vdir / "config.json", config_json)
     if v.get("layout") == "training":
         mc = {"qkv_concat": True, "use_contiguous_weight_layout_attention": False,
@@ -481,6 +523,9 @@ def generate_mcore(name: str, v: dict, ids: list[int], config_json: dict, work: 
                "pretrained_model_dir": ".", "load_checkpoint": "model.ckpt", "model": {"model_config": mc}}
     write_yaml(vdir / "config.yaml", doc, f"# ms2gguf test fixture '{name}' - written by tests/gen_glm_fixtures.py; "
                "do not edit by hand.\n" + header)
+    routing = work / f"{stem(name)}_hf.routing.json"
+    if routing.exists():
+        entry["routing"] = json.loads(routing.read_text())
     entry.update(max_abs_logit=float(np.abs(ref).max()), mean_logit_std=float(np.mean(np.std(ref, axis=-1))),
                  distinct_argmax=len(set(np.argmax(ref, axis=-1).tolist())))
     return entry
@@ -626,7 +671,7 @@ def generate(out: Path, work: Path, hf_python: str) -> dict:
     tasks, configs, ids = [], {}, {}
     for name, v in {**legacy, **mcore}.items():
         tok = toks[v["tokenizer"]]
-        ids[name] = tok["encode"](TEXT)
+        ids[name] = tok["encode"](v.get("text", TEXT))
         assert len(ids[name]) <= SEQ_LENGTH and tok["pad"] not in ids[name] and tok["n"] <= v["rows"]
         folder = out / name
         if folder.exists():
@@ -634,7 +679,8 @@ def generate(out: Path, work: Path, hf_python: str) -> dict:
         folder.mkdir(parents=True)
         configs[name] = hf_config(name, v, tok["pad"], tok["eos"])
         task = dict(name=name, config=configs[name], seed=v["seed"], dtype=v["dtype"], ids=ids[name],
-                    logits=str(work / f"{stem(name)}_hf.npy"), weights=str(work / f"{stem(name)}.npz"))
+                    logits=str(work / f"{stem(name)}_hf.npy"), weights=str(work / f"{stem(name)}.npz"),
+                    candidates=v.get("candidates", 1))
         if name in mcore and v.get("layout") != "training":
             task["save_dir"] = str(work / f"{stem(name)}_hf")
         tasks.append(task)

@@ -42,6 +42,10 @@ CASES = {
     "glm4/mcore/model.ckpt": (GLM4_BPE, "glm4"),
     "glm4/legacy/model.ckpt": (GLM4_TIKTOKEN, "glm4"),
     "glm4_moe/mcore/model.ckpt": (GLM4_BPE, "glm4_moe"),
+    "qwen3_moe/train/model.ckpt": (QWEN_BPE, "qwen3_moe"),
+    "qwen3_moe/infer/model.ckpt": (QWEN_BPE, "qwen3_moe"),
+    "mixtral/bmm_scaled/model.ckpt": (LLAMA_SPM, "mixtral"),
+    "mixtral/gmm/model.ckpt": (LLAMA_SPM, "mixtral"),
 }
 
 
@@ -53,16 +57,10 @@ def choose(fixture, tokenizer):
         return detect.choose_map(ckpt, config, config_path, str(tokenizer)).family
 
 
-# fixtures the bundled maps cannot convert yet (they fail the detection for that reason)
-PENDING = {"chatglm/split/model.ckpt": "dense_left / dense_right become one ffn_up: needs multi-source tensors"}
-
-
-@pytest.mark.parametrize("fixture", [
-    pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=PENDING[f])) if f in PENDING else f for f in CASES])
+@pytest.mark.parametrize("fixture", list(CASES))
 def test_auto_chooses_the_fixtures_own_map(fixture):
     tokenizer, expected = CASES[fixture]
-    if expected not in bundled_names():
-        pytest.skip(f"no bundled map {expected} yet")
+    assert expected in bundled_names()
     assert choose(fixture, tokenizer) == expected
 
 
@@ -76,6 +74,9 @@ def test_every_model_fixture_is_in_the_table():
     ("chatglm/fused/model.ckpt", CHATGLM3_SPM, "glm4"),
     ("qwen2/mcore/model.ckpt", QWEN_BPE, "qwen3"),            # mcore names: q/k/v bias, no q_layernorm
     ("glm4/mcore/model.ckpt", GLM4_BPE, "qwen2"),
+    ("glm4_moe/mcore/model.ckpt", GLM4_BPE, "glm4"),         # no sandwich norms, experts
+    ("glm4_moe/mcore/model.ckpt", GLM4_BPE, "qwen3_moe"),    # q/k/v bias, shared experts, dense layers
+    ("glm4/mcore/model.ckpt", GLM4_BPE, "glm4_moe"),
 ])
 def test_the_other_maps_are_ruled_out_with_a_reason(fixture, tokenizer, wrong):
     """Decisive, not just scored: the near-miss map is rejected by its detect rules or tensor names."""
@@ -94,7 +95,7 @@ def test_glm_checkpoints_without_a_config_hint_still_decide(tmp_path):
     import json
     import shutil
 
-    for fixture, expected in (("glm4/mcore", "glm4"), ("qwen2/mcore", "qwen2")):
+    for fixture, expected in (("glm4/mcore", "glm4"), ("qwen2/mcore", "qwen2"), ("glm4_moe/mcore", "glm4_moe")):
         folder = tmp_path / fixture
         folder.mkdir(parents=True)
         shutil.copyfile(FIXTURES / fixture / "model.ckpt", folder / "model.ckpt")

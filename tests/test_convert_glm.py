@@ -1,12 +1,13 @@
-"""End to end for the GLM families (maps chatglm, glm4) and Qwen2 in mcore naming (map qwen2).
+"""End to end for the GLM families (maps chatglm, glm4, glm4_moe) and Qwen2 in mcore naming (map qwen2).
 
-Fixtures (tests/fixtures/{chatglm,glm4,qwen2/mcore*}, made by tests/gen_glm_fixtures.py): chatglm and glm4/legacy
-logits come from the real MindFormers 2.1.0 ChatGLM2ForConditionalGeneration on CPU (which agrees with transformers'
-GlmForCausalLM / Glm4ForCausalLM), the mcore ones from transformers (Glm4ForCausalLM, Qwen2ForCausalLM) with the
-checkpoints written by MindFormers' own networks and converters. Each test converts a checkpoint and compares
+Fixtures (tests/fixtures/{chatglm,glm4,glm4_moe,qwen2/mcore*}, made by tests/gen_glm_fixtures.py): chatglm and
+glm4/legacy logits come from the real MindFormers 2.1.0 ChatGLM2ForConditionalGeneration on CPU (which agrees with
+transformers' GlmForCausalLM / Glm4ForCausalLM), the mcore ones from transformers (Glm4ForCausalLM,
+Glm4MoeForCausalLM, Qwen2ForCausalLM) with the checkpoints written by MindFormers' own networks and converters. Each test converts a checkpoint and compares
 llama.cpp's logits at every position (bounds: conftest.BOUNDS). The negative controls show that each thing the maps
 get right is visible in the logits: rope on half of each head, [gate; up] order, the sandwich norms, undoing
-use_rearrange_rope, the fused layouts.
+use_rearrange_rope, rope_ratio, the fused layouts, and for GLM-4-MoE the routing (sigmoid, score correction bias,
+scale) and the experts' gate/up order. Files llama.cpp might abort on are run in a child process.
 """
 
 import json
@@ -15,7 +16,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from conftest import BOUNDS, FIXTURES, convert, gguf_value, llama_logits, relative_error
+from conftest import BOUNDS, FIXTURES, convert, gguf_value, llama_logits, llama_logits_isolated, relative_error
 from gguf import GGUFReader
 
 CHATGLM, GLM4, QWEN2 = FIXTURES / "chatglm", FIXTURES / "glm4", FIXTURES / "qwen2"
@@ -27,9 +28,11 @@ QWEN_TOKENIZER = QWEN2 / "tokenizer" / "tokenizer.json"
 # variant -> (checkpoint, map, tokenizer)
 VARIANTS = {
     "chatglm/fused": (CHATGLM / "fused" / "model.ckpt", "chatglm", CHATGLM3_TOKENIZER),
+    "chatglm/split": (CHATGLM / "split" / "model.ckpt", "chatglm", GLM4_TIKTOKEN),
     "chatglm/rearranged": (CHATGLM / "rearranged" / "model.ckpt", "chatglm", GLM4_TOKENIZER_JSON),
     "glm4/mcore": (GLM4 / "mcore" / "model.ckpt", "glm4", GLM4_TOKENIZER_JSON),
     "glm4/legacy": (GLM4 / "legacy" / "model.ckpt", "glm4", GLM4_TIKTOKEN),
+    "glm4_moe/mcore": (FIXTURES / "glm4_moe" / "mcore" / "model.ckpt", "glm4_moe", GLM4_TOKENIZER_JSON),
     "qwen2/mcore": (QWEN2 / "mcore" / "model.ckpt", "qwen2", QWEN_TOKENIZER),
     "qwen2/mcore_interleaved": (QWEN2 / "mcore_interleaved" / "model.ckpt", "qwen2", QWEN_TOKENIZER),
 }
@@ -59,13 +62,13 @@ def converted(tmp_path_factory):
     return get
 
 
-def error_of(path, variant):
+def error_of(path, variant, isolated=False):
     ids, ref = reference(variant)
-    return relative_error(llama_logits(path, ids), ref)
+    return relative_error((llama_logits_isolated if isolated else llama_logits)(path, ids), ref)
 
 
-def fails_reference(path, variant):
-    return error_of(path, variant) > 10 * BOUNDS["f32"][0]
+def fails_reference(path, variant, isolated=False):
+    return error_of(path, variant, isolated) > 10 * BOUNDS["f32"][0]
 
 
 @pytest.mark.parametrize("outtype", list(BOUNDS))
@@ -104,7 +107,7 @@ def edited_config(tmp_path, variant, change):
     return path
 
 
-@pytest.mark.parametrize("variant", ["chatglm/fused", "glm4/mcore", "glm4/legacy"])
+@pytest.mark.parametrize("variant", ["chatglm/fused", "glm4/mcore", "glm4/legacy", "glm4_moe/mcore"])
 def test_rope_on_the_whole_head_is_wrong(converted, tmp_path, variant):
     """GLM rotates only the first half of each head (partial_rotary_factor 0.5 by default)."""
     config = edited_config(tmp_path, variant, lambda c: c.update(partial_rotary_factor=1.0))
@@ -112,7 +115,7 @@ def test_rope_on_the_whole_head_is_wrong(converted, tmp_path, variant):
     reader = GGUFReader(out)
     arch = gguf_value(reader, "general.architecture")
     assert gguf_value(reader, f"{arch}.rope.dimension_count") == gguf_value(reader, f"{arch}.attention.key_length")
-    assert fails_reference(out, variant)
+    assert fails_reference(out, variant, isolated=True)
 
 
 def swap_rows(path, tensor, first):
@@ -129,7 +132,7 @@ def copy_of(path, tmp_path, name="edited.gguf"):
     return tmp_path / name
 
 
-@pytest.mark.parametrize("variant", ["chatglm/fused", "glm4/mcore", "glm4/legacy"])
+@pytest.mark.parametrize("variant", ["chatglm/fused", "chatglm/split", "glm4/mcore", "glm4/legacy"])
 def test_gate_and_up_swapped_is_wrong(converted, tmp_path, variant):
     """llama.cpp's fused ffn_up is [gate; up]; the other order (an interleaved or swapped regroup) is visible."""
     out = copy_of(converted(variant, "f32"), tmp_path)
@@ -191,6 +194,14 @@ def test_rearranged_rope_must_be_undone(converted, tmp_path):
     rows are taken as they are and the logits are wrong."""
     config = edited_config(tmp_path, "chatglm/rearranged", lambda c: c.update(use_rearrange_rope=False))
     assert fails_reference(converted("chatglm/rearranged", "f32", "--config", str(config)), "chatglm/rearranged")
+
+
+def test_rope_ratio_is_the_rope_base(converted, tmp_path):
+    """chatglm/split was trained with rope_ratio 2 (ChatGLM's rope base 10000 x rope_ratio): with 1, wrong."""
+    reader = GGUFReader(converted("chatglm/split", "f32"))
+    assert gguf_value(reader, "chatglm.rope.freq_base") == pytest.approx(20000.0)
+    config = edited_config(tmp_path, "chatglm/split", lambda c: c.update(rope_ratio=1.0))
+    assert fails_reference(converted("chatglm/split", "f32", "--config", str(config)), "chatglm/split")
 
 
 def test_rearranged_permutation_is_not_applied_to_ordinary_checkpoints(converted, tmp_path):
@@ -291,3 +302,68 @@ def test_kv_heads_from_the_shapes_when_the_config_is_silent(converted, tmp_path)
     config = edited_config(tmp_path, "chatglm/fused", lambda c: c.pop("multi_query_group_num"))
     out = converted("chatglm/fused", "f32", "--config", str(config))
     assert out.read_bytes() == converted("chatglm/fused", "f32").read_bytes()
+
+
+# --- GLM-4-MoE ---------------------------------------------------------------------------------------------------
+
+MOE = "glm4_moe/mcore"
+
+
+def test_glm4_moe_metadata(converted):
+    reader = GGUFReader(converted(MOE, "f16"))
+    expected = {"expert_count": 8, "expert_used_count": 2, "expert_feed_forward_length": 32, "expert_shared_count": 1,
+                "leading_dense_block_count": 1, "expert_gating_func": 2, "expert_weights_norm": True,
+                "expert_weights_scale": 2.5, "nextn_predict_layers": 0, "block_count": 3, "feed_forward_length": 96,
+                "rope.dimension_count": 16}
+    for key, value in expected.items():
+        assert gguf_value(reader, f"glm4moe.{key}") == pytest.approx(value), key
+    names = {t.name for t in reader.tensors}
+    assert {"blk.0.ffn_gate.weight", "blk.0.post_attention_norm.weight", "blk.1.exp_probs_b.bias",
+            "blk.1.ffn_gate_exps.weight", "blk.2.ffn_up_shexp.weight"} <= names
+    assert not any(".ffn_norm." in n for n in names) and "blk.1.ffn_gate.weight" not in names
+
+
+def test_glm4_moe_pre_mlp_norm_cannot_be_named_ffn_norm(tmp_path, capsys):
+    """The trap: GLM-4 calls the pre-MLP norm ffn_norm, GLM-4-MoE post_attention_norm (both HF
+    post_attention_layernorm); llama.cpp's glm4moe has no ffn_norm, and a map that writes one is refused when it is
+    loaded (gguf-py's tensor list for the arch), before any conversion."""
+    from gguf_out.maps import maps_dir
+
+    data = json.loads((maps_dir() / "glm4_moe.json").read_text())
+    for rule in data["tensors"]:
+        if rule["from"] == "decoder.layers.{i}.pre_mlp_layernorm.weight":
+            rule["to"] = "blk.{i}.ffn_norm.weight"
+    path = tmp_path / "glm4_moe_ffn_norm.json"
+    path.write_text(json.dumps(data))
+    ckpt, _, tokenizer = VARIANTS[MOE]
+    assert convert(ckpt, tmp_path / "o.gguf", map_name=str(path), tokenizer=tokenizer) == 1
+    assert "'blk.{i}.ffn_norm.weight' is not a tensor of GGUF architecture 'glm4moe'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change,why", [
+    (lambda c: c.update(scoring_func="softmax"), "softmax instead of sigmoid routing"),
+    (lambda c: c.update(routed_scaling_factor=1.0), "the routing scale"),
+    (lambda c: c.update(norm_topk_prob=False), "top-k weights not renormalised"),
+])
+def test_glm4_moe_routing_settings_matter(converted, tmp_path, change, why):
+    config = edited_config(tmp_path, MOE, change)
+    assert fails_reference(converted(MOE, "f32", "--config", str(config)), MOE, isolated=True), why
+
+
+def test_glm4_moe_score_correction_bias_matters(converted, tmp_path):
+    out = copy_of(converted(MOE, "f32"), tmp_path)
+    for layer in (1, 2):
+        set_tensor(out, f"blk.{layer}.exp_probs_b.bias", np.zeros_like)
+    assert fails_reference(out, MOE, isolated=True)
+
+
+def test_glm4_moe_expert_gate_and_up_swapped_is_wrong(converted, tmp_path):
+    out = copy_of(converted(MOE, "f32"), tmp_path)
+    reader = GGUFReader(out)
+    tensors = {t.name: np.array(t.data) for t in reader.tensors}
+    del reader
+    for layer in (1, 2):
+        gate, up = tensors[f"blk.{layer}.ffn_gate_exps.weight"], tensors[f"blk.{layer}.ffn_up_exps.weight"]
+        set_tensor(out, f"blk.{layer}.ffn_gate_exps.weight", lambda _: up)
+        set_tensor(out, f"blk.{layer}.ffn_up_exps.weight", lambda _: gate)
+    assert fails_reference(out, MOE, isolated=True)

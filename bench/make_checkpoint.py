@@ -44,6 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER = REPO / "tests" / "fixtures" / "llama" / "tokenizer" / "tokenizer.model"
 TOKENIZER_PIECES = 480
+QWEN_TOKENIZER = REPO / "tests" / "fixtures" / "qwen2" / "tokenizer"
 SLICE_BYTES = 512 * 1024 * 1024            # MindSpore SLICE_SIZE (512 * 1024 KB), ckpt-format.md §5.1
 
 DTYPES = {  # --dtype -> (tensor_type, itemsize, MindFormers param_init_type)
@@ -109,7 +110,32 @@ def layer_tensors(i, hidden, q_width, kv_width, ffn):
     ]
 
 
+def moe_layer_tensors(i, a):
+    """An mcore Qwen3-MoE layer as TrainingQwen3MoeForCausalLM saves it (moe-families.md §3.1): 2-D experts
+    weight1 [E*H, 2F] and weight2 [E*F, H], fused linear_qkv, q/k norms, the router and its fi_accu buffer."""
+    p, hd = f"decoder.layers.{i}.", a.head_dim
+    return [
+        (p + "input_layernorm.weight", (a.hidden,), True),
+        (p + "self_attention.linear_proj.weight", (a.hidden, a.heads * hd), False),
+        (p + "self_attention.linear_qkv.weight", ((a.heads + 2 * a.kv_heads) * hd, a.hidden), False),
+        (p + "self_attention.q_layernorm.weight", (hd,), True),
+        (p + "self_attention.k_layernorm.weight", (hd,), True),
+        (p + "pre_mlp_layernorm.weight", (a.hidden,), True),
+        (p + "mlp.router.weight", (a.experts, a.hidden), True),
+        (p + "mlp.router.fi_accu", (a.experts,), True),
+        (p + "mlp.experts.weight1", (a.experts * a.hidden, 2 * a.moe_ffn), False),
+        (p + "mlp.experts.weight2", (a.experts * a.moe_ffn, a.hidden), False),
+    ]
+
+
 def tensor_list(a, layers):
+    if a.family == "qwen3_moe":
+        out = [("embedding.word_embeddings.weight", (a.vocab, a.hidden), False)]
+        for i in range(layers):
+            out += moe_layer_tensors(i, a)
+        out += [("decoder.final_layernorm.weight", (a.hidden,), True), ("output_layer.weight", (a.vocab, a.hidden),
+                                                                         False)]
+        return out, a.moe_ffn
     head_dim = a.hidden // a.heads
     q_width, kv_width = a.heads * head_dim, a.kv_heads * head_dim
     ffn = llama_ffn(a.hidden, a.multiple_of, a.ffn_dim_multiplier)
@@ -200,6 +226,18 @@ def write_checkpoint(path, a):
             os.fsync(f.fileno())
     seconds = time.perf_counter() - started
     return layers, ffn, len(tensors), records, seconds
+
+
+def write_moe_config(path, a, layers):
+    import json
+
+    Path(path).write_text(json.dumps({
+        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": a.hidden,
+        "num_hidden_layers": layers, "num_attention_heads": a.heads, "num_key_value_heads": a.kv_heads,
+        "head_dim": a.head_dim, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
+        "vocab_size": a.vocab, "moe_intermediate_size": a.moe_ffn, "num_experts": a.experts,
+        "num_experts_per_tok": 8 if a.experts >= 8 else 2, "norm_topk_prob": True, "tie_word_embeddings": False},
+        indent=2) + "\n")
 
 
 def write_config(path, a, layers):
@@ -319,6 +357,11 @@ def main(argv=None):
     p.add_argument("--vocab", type=int, default=84992,
                    help="vocab rows (default 84992: 696 MB in f16 -> 2 records; must be >= the tokenizer's "
                    f"{TOKENIZER_PIECES} pieces)")
+    p.add_argument("--family", choices=("llama2", "qwen3_moe"), default="llama2",
+                   help="llama2: legacy Llama names; qwen3_moe: mcore Qwen3-MoE with 2-D expert tensors")
+    p.add_argument("--experts", type=int, default=64, help="qwen3_moe: experts per layer (default 64)")
+    p.add_argument("--moe-ffn", type=int, default=3072, help="qwen3_moe: expert ffn size (default 3072)")
+    p.add_argument("--head-dim", type=int, default=128, help="qwen3_moe: head dim (default 128)")
     p.add_argument("--multiple-of", type=int, default=256)
     p.add_argument("--ffn-dim-multiplier", type=float, help="MindFormers ffn_dim_multiplier (Llama-2-70B: 1.3)")
     p.add_argument("--seed", type=int, default=0)
@@ -331,7 +374,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.vocab < TOKENIZER_PIECES:
         p.error(f"--vocab must be >= {TOKENIZER_PIECES} (the tokenizer fixture's pieces)")
-    if a.hidden % a.heads or a.heads % a.kv_heads:
+    if (a.family == "llama2" and a.hidden % a.heads) or a.heads % a.kv_heads:
         p.error("hidden must be a multiple of heads, heads a multiple of kv-heads")
     if SLICE_BYTES % (a.chunk_mb << 20):
         p.error("--chunk-mb must divide 512")
@@ -340,8 +383,13 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "model.ckpt"
     layers, ffn, n_tensors, n_records, seconds = write_checkpoint(ckpt, a)
-    write_config(out / "config.yaml", a, layers)
-    shutil.copyfile(TOKENIZER, out / "tokenizer.model")
+    if a.family == "qwen3_moe":
+        write_moe_config(out / "config.json", a, layers)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copyfile(QWEN_TOKENIZER / name, out / name)
+    else:
+        write_config(out / "config.yaml", a, layers)
+        shutil.copyfile(TOKENIZER, out / "tokenizer.model")
     size = ckpt.stat().st_size
     print(f"wrote {ckpt}: {size:,} bytes ({size / 1e9:.3f} GB), {a.dtype}, hidden {a.hidden}, layers {layers}, "
           f"heads {a.heads}/{a.kv_heads}, ffn {ffn}, vocab {a.vocab}; {n_tensors} tensors in {n_records} records; "

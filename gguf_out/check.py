@@ -505,7 +505,7 @@ def _symbols(report, arch, fmap, n_tokens):
     for key, (_, name) in fmap.metadata.items():
         full = key.replace("{arch}", arch)
         v = report.kv.get(full)
-        if v is None or v.vtype == V.STRING:
+        if v is None or v.vtype == V.STRING or not isinstance(name, str):
             continue
         value = v.value
         if v.vtype == V.ARRAY:      # per-layer values: one shape for all layers only if they are all equal

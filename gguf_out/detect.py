@@ -20,6 +20,7 @@ from pathlib import Path
 from msckpt.classify import group_of
 
 from .errors import ConvertError
+from .hparams import lookup
 from .maps import bundled_names, load_map
 
 
@@ -64,7 +65,7 @@ def _rejects(fmap, weights, config):
         if found:
             return f"has '{found}'"
     for key, accepted in detect.get("config", {}).items():
-        value = _lookup(config, key)
+        value = lookup(config, key)
         values = value if isinstance(value, list) else [value]
         if value is not None and not any(v in accepted for v in values):
             return f"the config's {key} is {value!r}"
@@ -72,21 +73,12 @@ def _rejects(fmap, weights, config):
 
 
 def _score(fmap, config, kind):
-    score = sum(1 for key, accepted in fmap.detect.get("signals", {}).items() if _lookup(config, key) in accepted)
+    score = sum(1 for key, accepted in fmap.detect.get("signals", {}).items() if lookup(config, key) in accepted)
     score += sum(2 for key, accepted in fmap.detect.get("config", {}).items()
-                 if any(v in accepted for v in _as_list(_lookup(config, key))))
+                 if any(v in accepted for v in _as_list(lookup(config, key))))
     if kind is not None:
         score += 3 if kind in fmap.tokenizer_kinds else -3
     return score
-
-
-def _lookup(config, dotted):
-    value = config
-    for part in dotted.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
 
 
 def _as_list(value):

@@ -57,9 +57,9 @@ def _pool(threads):
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ms2gguf-encode")
 
 
-def rows_per_chunk(shape):
-    row = int(np.prod(shape[1:], dtype=np.int64)) * 4 if len(shape) > 1 else 4
-    return max(1, _CHUNK_BYTES // max(row, 1))
+def rows_per_chunk(row_length):
+    """How many rows of ``row_length`` values make a band of about _CHUNK_BYTES as float32."""
+    return max(1, _CHUNK_BYTES // max(4 * int(row_length), 1))
 
 
 def check_float(tensor):

@@ -4,10 +4,7 @@ A map lists them under ``"generated": {GGUF name: generator}``. A generator retu
 with the reader's Tensor interface (name, dtype, shape, rows(), array(), byte_ranges()), so planning, encoding
 and writing treat it like any checkpoint tensor. The only one so far is Llama 3.1's ``rope_freqs.weight``.
 
-Rope scaling is read here too, from either config spelling (mindformers-layouts.md §7.2):
-MindFormers ``extend_method`` + ``scaling_factor`` (a dict for LLAMA3), or HF ``rope_scaling`` /
-``rope_parameters`` (``{"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
-"original_max_position_embeddings"}``).
+Rope scaling itself is read by gguf_out/rope.py.
 """
 
 import math
@@ -18,9 +15,6 @@ from msckpt.box import slice_array
 from msckpt.dtypes import DTYPES
 
 from .errors import ConvertError
-
-NO_SCALING = (None, "none", "None", "default")
-
 
 class GeneratedTensor:
     """A float32 tensor computed in memory, readable like a checkpoint tensor."""
@@ -45,43 +39,6 @@ class GeneratedTensor:
 
     def byte_ranges(self):
         return None                   # not in any file: never raw-copied
-
-
-def rope_scaling(config, config_path):
-    """The config's rope scaling as {"type", ...parameters}, or None when there is none."""
-    method = config.get("extend_method")
-    if method not in NO_SCALING:
-        factor = config.get("scaling_factor")
-        if method == "LLAMA3":
-            if not isinstance(factor, dict):
-                raise ConvertError(f"{config_path}: extend_method LLAMA3 needs scaling_factor as a dict "
-                                   "(factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)")
-            return _llama3(factor, config, config_path, "scaling_factor")
-        raise ConvertError(f"{config_path}: extend_method {method} is not supported yet (supported: None, LLAMA3)")
-    for key in ("rope_scaling", "rope_parameters"):
-        spec = config.get(key)
-        if isinstance(spec, dict):
-            kind = spec.get("rope_type", spec.get("type"))
-            if kind in NO_SCALING:
-                continue
-            if kind == "llama3":
-                return _llama3(spec, config, config_path, key)
-            raise ConvertError(f"{config_path}: {key} type '{kind}' is not supported yet (supported: llama3)")
-    return None
-
-
-def _llama3(spec, config, config_path, key):
-    # the dict's original_max_position_embeddings is what MindFormers and transformers use (llama.cpp's converter
-    # reads a top-level key and falls back to 8192, which is Llama 3.1's own value)
-    original = spec.get("original_max_position_embeddings", config.get("original_max_position_embeddings", 8192))
-    out = {"type": "llama3", "factor": spec.get("factor", 8.0), "low_freq_factor": spec.get("low_freq_factor", 1.0),
-           "high_freq_factor": spec.get("high_freq_factor", 4.0), "original_context_length": original}
-    for name, value in out.items():
-        if name != "type" and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
-            raise ConvertError(f"{config_path}: {key}: {name} must be a positive number, not {value!r}")
-    if out["high_freq_factor"] <= out["low_freq_factor"]:
-        raise ConvertError(f"{config_path}: {key}: high_freq_factor must be greater than low_freq_factor")
-    return out
 
 
 def llama3_rope_freqs(name, hp, scaling):
@@ -112,9 +69,9 @@ def llama3_rope_freqs(name, hp, scaling):
 GENERATORS = {"llama3_rope_freqs": llama3_rope_freqs}
 
 
-def tensors(fmap, hp, config, config_path):
-    """The map's generated tensors for this config (each generator may decide there is nothing to add)."""
-    scaling = rope_scaling(config, config_path)
+def tensors(fmap, hp, scaling):
+    """The map's generated tensors for this config (each generator may decide there is nothing to add).
+    ``scaling``: the config's rope scaling (rope.rope_scaling)."""
     made = []
     for name, generator in fmap.generated.items():
         if generator not in GENERATORS:
@@ -123,7 +80,4 @@ def tensors(fmap, hp, config, config_path):
         tensor = GENERATORS[generator](name, hp, scaling)
         if tensor is not None:
             made.append(tensor)
-    if scaling is not None and not any(t.name == "rope_freqs.weight" for t in made):
-        raise ConvertError(f"{config_path}: {scaling['type']} rope scaling is not supported for the map "
-                           f"'{fmap.family}' (llama.cpp arch {fmap.arch})")
     return made

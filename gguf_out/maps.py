@@ -55,6 +55,9 @@ class Rule:
         self.targets = targets if isinstance(targets, list) else [targets]
         self.ndim = spec.get("ndim")
         self.shape = spec.get("shape")
+        # the rule applies only when this hyperparameter is set and non-zero ("if") / unset or zero ("unless"):
+        # e.g. MLA's fused linear_qkv starts with the q-LoRA down projection only when there is a q-LoRA
+        self.condition = (spec["if"], True) if "if" in spec else (spec["unless"], False) if "unless" in spec else None
         self.stacked = "{e}" in self.source
         if self.stacked and len(self.sources) > 1:
             raise ConvertError(f"{where}: '{self.source}': per-expert ({{e}}) rules have one pattern")
@@ -70,14 +73,18 @@ class Rule:
                                    "per target)")
             steps = ([{"split": split}] if split else []) + ([{"regroup": regroup}] if regroup else []) + \
                 ([{"permute": permute}] if permute else [])
+            if steps and len(self.sources) > 1 and not self.stacked:     # the shorthands act on the concatenation
+                steps = [{"concat": 0}] + steps
         elif split is not None or permute is not None or regroup is not None:
             raise ConvertError(f"{where}: '{self.source}': give 'steps' or 'split' / 'regroup' / 'permute', not both")
         if not isinstance(steps, list):
             raise ConvertError(f"{where}: '{self.source}': 'steps' must be a list")
-        self.steps = steps
-        count = fan_out(steps, f"{where}: '{self.source}'")
+        if not steps and len(self.sources) > 1:
+            steps = [{"concat": 0}]
+        count = fan_out(steps, f"{where}: '{self.source}'", 1 if self.stacked else len(self.sources))
         if len(self.targets) != count:
             raise ConvertError(f"{where}: '{self.source}' needs {count} target names")
+        self.steps = steps
         named = [s.get("split", s.get("regroup")) for s in steps if isinstance(s, dict)]
         self.fused = next((k for k in named if isinstance(k, str) and k in SPLITS), None)
         self.layout = spec.get("layout")
@@ -98,6 +105,13 @@ class Rule:
 
     def target_names(self, layer):
         return [t.replace("{i}", str(layer)) for t in self.targets]
+
+    def holds(self, hp):
+        """Whether the rule's condition holds for these hyperparameters (always, without one)."""
+        if self.condition is None:
+            return True
+        name, wanted = self.condition
+        return bool(hp.get(name)) == wanted
 
 
 class FamilyMap:
@@ -138,6 +152,14 @@ class FamilyMap:
             # a checkpoint saved from MindFormers' inference network: {"tensor": regex, "ndim": n} (its fused
             # tensors are then contiguous, whatever the yaml says)
             self.inference_save = data.get("inference_save")
+            # {"types": [scalings carried as metadata], "defaults": {YaRN parameter: value}, "missing": why a
+            # config without rope scaling is refused}
+            self.rope_scaling = data.get("rope_scaling", {})
+            # {hyperparameter: dimension expression} computed once the config and tensors are read
+            self.derived = data.get("derived", {})
+            # layers beyond num_layers are this (e.g. multi-token prediction) and are skipped, or None: an error
+            self.extra_layers = data.get("extra_layers")
+            self.required_why = data.get("required_why", {})   # {required tensor pattern: why it may be missing}
             # another tokenizer kind the family ships, with its own pre-tokenizer, specials and chat template:
             # {"sentencepiece": {"tokenizer_pre": ..., "tokenizer_specials": ..., "chat_template": ...}}
             self.tokenizer_variants = data.get("tokenizer_variants", {})

@@ -19,6 +19,9 @@ def build(fmap, plan, vocab, preset, name):
     if preset.quantization_version is not None:
         kvs.append((Keys.General.QUANTIZATION_VERSION, KV.u32(preset.quantization_version)))
     for key, (kind, source) in fmap.metadata.items():
+        if not isinstance(source, str):        # a constant of the architecture (e.g. deepseek2's head_count_kv 1)
+            kvs.append((key.replace("{arch}", fmap.arch), _KINDS[kind](source)))
+            continue
         if plan.hp.get(source) is None and key in fmap.optional_metadata:
             continue
         if source not in plan.hp:

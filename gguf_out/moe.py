@@ -58,11 +58,33 @@ def check_routing(fmap, hp, config_path, allow_inexact):
                             "apply")
     hp.put("expert_scale_fold", fold, "routed_scaling_factor folded into ffn_down_exps")
     hp.put("expert_weights_scale", scale, "routed_scaling_factor")
+    problems += _groups(spec, hp, k, arch)
     for problem in problems:
         if not allow_inexact:
             raise ConvertError(f"{config_path}: {problem}; pass --allow-inexact to convert anyway")
         warnings.append(f"{config_path}: {problem} (converting anyway: --allow-inexact)")
     return warnings, notes
+
+
+def _groups(spec, hp, k, arch):
+    """Group-limited routing (DeepSeek-V3's node-limited top-k): experts in n_group groups, each token choosing
+    among the topk_group groups with the best scores. llama.cpp scores a group by the sum of its top-2 expert
+    scores; MindFormers' router by its top (k // topk_group) (router.py _group_limited_topk)."""
+    groups = int(hp.get("n_group") or 1)
+    if groups <= 1:
+        return []
+    used = int(hp.get("topk_group") or 0)
+    if spec.get("groups") != "top2":
+        return [f"the router limits each token to {used} of {groups} expert groups, which llama.cpp's {arch} "
+                "does not do"]
+    if hp["n_expert"] % groups or not 1 <= used <= groups:
+        raise ConvertError(f"{hp.source['n_group']}: {groups} expert groups with topk_group {used} do not fit "
+                           f"{hp['n_expert']} experts")
+    if k // used != 2:
+        return [f"the router scores each of its {groups} expert groups by its top {k // used} experts "
+                f"(num_experts_per_tok {k} // topk_group {used}); llama.cpp's {arch} always uses the top 2, so "
+                "tokens could choose other groups"]
+    return []
 
 
 def _gating(hp):

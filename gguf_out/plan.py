@@ -12,7 +12,7 @@ from math import prod
 
 from msckpt.classify import GROUP_TITLES, group_of
 
-from . import encode, generated, hparams, moe, quant_policy, steps as steps_mod
+from . import encode, generated, hparams, moe, quant_policy, rope, steps as steps_mod
 from . import tensor_expr as X
 from .errors import ConvertError
 from .maps import SPLITS
@@ -157,11 +157,23 @@ def _ranges(values):
     return f"{values[0]}..{values[-1]}" if values else "none"
 
 
-def _source_expr(group):
+def _rule_that_holds(fmap, group, hp, ckpt_path):
+    """The group's rule, or the next rule for the same tensors whose condition (``if`` / ``unless``) holds."""
+    if group.rule.holds(hp):
+        return group.rule
+    tensor = group.tensors[0]
+    for rule in fmap.rules:
+        if rule is not group.rule and rule.holds(hp) and rule.match(tensor.name, len(tensor.shape)) is not None:
+            return rule
+    name, wanted = group.rule.condition
+    raise ConvertError(f"{ckpt_path}: '{tensor.name}' needs {name} to be {'set' if wanted else 'unset'} (it is "
+                       f"{hp.get(name)!r}), and no other rule of the map '{fmap.family}' fits")
+
+
+def _source_exprs(group):
+    """The expressions a rule's steps start from: the layer's experts stacked, or one per source pattern."""
     sources = [X.Source(t) for t in group.tensors]
-    if group.rule.stacked:
-        return X.Stack(sources)
-    return sources[0] if len(sources) == 1 else X.Concat(sources)
+    return [X.Stack(sources)] if group.rule.stacked else sources
 
 
 _PRODUCT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*|\d+)(\s*\*\s*([A-Za-z_][A-Za-z0-9_]*|\d+))*\s*$")
@@ -175,7 +187,7 @@ def _observe(groups, fmap, ckpt_path, known):
     factor once the others are known (from other tensors, else from the config ``known``)."""
     observed, pending = {}, []
     layers = {g.layer for g in groups if g.layer >= 0}
-    if layers:
+    if layers and not fmap.extra_layers:     # with extra (e.g. MTP) layers, only the config can tell
         observed["num_layers"] = (max(layers) + 1, f"layer indices (0..{max(layers)})")
     for group in groups:
         rule, tensor = group.rule, group.tensors[0]
@@ -238,19 +250,28 @@ def build(ckpt, fmap, config, config_path, options):
     layouts, layout_note = fused_layouts(fmap, config, options, ckpt)
     facts += [f"{ckpt.path}: {layout_note}"] if layout_note else []
 
+    scaling = rope.rope_scaling(config, config_path, fmap.rope_scaling.get("defaults"))
+    notes += rope.apply(fmap, hp, scaling, config_path, options.allow_inexact)
+    for name, expression in fmap.derived.items():
+        hp.put(name, steps_mod.dim(expression, hp, f"{fmap.path}: derived {name}"), expression)
     outputs = [Output(t.name, X.Source(t), tuple(t.shape), transform=f"generated: {t.what}")
-               for t in generated.tensors(fmap, hp, config, config_path)]
+               for t in generated.tensors(fmap, hp, scaling)]
     ctx = steps_mod.StepContext(hp, layouts, options.train_tp,
                                 fmap.permutes_rope(config) and options.rope_layout == "hf", str(ckpt.path))
     order = {id(rule): k for k, rule in enumerate(fmap.rules)}
+    for group in groups:
+        group.rule = _rule_that_holds(fmap, group, hp, ckpt.path)
     for group in sorted(groups, key=lambda g: (g.layer, order[id(g.rule)])):
         if group.layer >= num_layers:
+            if fmap.extra_layers:
+                skipped += [(t.name, f"layer {group.layer} >= {num_layers}: {fmap.extra_layers}") for t in group.tensors]
+                continue
             raise ConvertError(f"{ckpt.path}: '{group.name}' is layer {group.layer}, but the model has {num_layers} "
                                "layers")
         rule_ctx = ctx
         if group.rule.layout:        # this rule's fused tensor follows a named layout entry of the map
             rule_ctx = replace(ctx, layouts={**layouts, group.rule.fused: layouts[group.rule.layout]})
-        built = steps_mod.apply(group.rule.steps, _source_expr(group), rule_ctx, group.name)
+        built = steps_mod.apply(group.rule.steps, _source_exprs(group), rule_ctx, group.name)
         for name, (expr, what) in zip(group.rule.target_names(group.layer), built):
             if group.rule.stacked:
                 what = f"{len(group.tensors)} experts stacked" + (", " + what if what else "")
@@ -338,8 +359,9 @@ def _check_outputs(outputs, fmap, hp, num_layers, ckpt_path):
             if name not in seen:
                 missing.append(name)
     if missing:
+        why = next((fmap.required_why[p] for p in fmap.required_why if _pattern(missing[0]) == p), None)
         raise ConvertError(f"{ckpt_path}: the checkpoint lacks tensors GGUF '{fmap.arch}' requires: "
-                           f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+                           f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" + (f" ({why})" if why else ""))
 
 
 def layer_kinds(names, fmap, num_layers):
@@ -382,6 +404,10 @@ def _check_layer_kinds(outputs, fmap, hp, num_layers, ckpt_path):
         if "dense" in kinds[dense:]:
             raise ConvertError(f"{ckpt_path}: layer {kinds.index('dense', dense)} is dense after mixture-of-experts "
                                f"layers; GGUF '{fmap.arch}' allows dense layers only before the first MoE layer")
+        said = hp.get("leading_dense_blocks")
+        if said is not None and int(said) != dense:
+            raise ConvertError(f"{hp.source['leading_dense_blocks']} says {said} leading dense layers, but the "
+                               f"checkpoint's first {dense} layers are dense and the rest mixture-of-experts layers")
         hp.put("leading_dense_blocks", dense, "layers with a dense feed-forward before the first MoE layer")
     hp.put("layer_kinds", kinds, "the tensors of each layer")
 
@@ -404,7 +430,7 @@ def bands(out):
         return
     lead, width = tuple(out.shape[:-1]), out.shape[-1]
     n_rows = prod(lead)
-    step = encode.rows_per_chunk(out.shape)
+    step = encode.rows_per_chunk(width)
     for start in range(0, n_rows, step):
         for box in X.flat_to_boxes(lead, start, min(n_rows, start + step)):
             yield expr.read(box + ((0, width),)).reshape(-1, width)

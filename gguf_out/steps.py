@@ -16,7 +16,13 @@ the list; a split fans each one out into several, so the list ends with one expr
     {"permute": "q" | "k" | [per part]} the rotary Q/K row permutation (HF rotate_half -> llama.cpp NORM rope);
                                         "qkv": of the Q and K rows of a [Q; K; V] tensor kept fused
     {"scale": "hyperparameter"}         multiply by that value (skipped when it is 1)
+    {"reinterleave": axis}              rope rows stored de-interleaved ([x0, x2, ...; x1, x3, ...]) back to pairs
+                                        (the axis is one rope block)
+    {"concat": axis}                    join the whole list into one tensor along the axis
     {"each": [[steps], [steps], ...]}   different steps for each tensor of the list, in order
+
+A rule with several sources starts with one tensor per source; without steps they are concatenated on axis 0.
+Dimensions are numbers, hyperparameters or sums of products of them ("kv_lora_rank+qk_rope_head_dim").
 
 Named transforms that need model facts (fused layouts, head counts) get them from a StepContext.
 """
@@ -30,7 +36,7 @@ from . import transforms
 from .errors import ConvertError
 
 NAMED_SPLITS = {"qkv": ("Q", "K", "V"), "gate_up": ("gate", "up")}
-KINDS = ("reshape", "split", "regroup", "transpose", "permute", "scale", "each")
+KINDS = ("reshape", "split", "regroup", "transpose", "permute", "scale", "reinterleave", "concat", "each")
 
 
 @dataclass
@@ -42,15 +48,16 @@ class StepContext:
     where: str = ""                                  # the checkpoint, for messages
 
 
-def fan_out(steps, where):
-    """How many tensors ``steps`` turn one source into (and a check of their syntax)."""
-    count = 1
+def fan_out(steps, where, count=1):
+    """How many tensors ``steps`` turn ``count`` sources into (and a check of their syntax)."""
     for step in steps:
         if not isinstance(step, dict) or len(step) != 1 or next(iter(step)) not in KINDS:
             raise ConvertError(f"{where}: bad step {step!r} (one of {', '.join(KINDS)} per step)")
         kind, arg = next(iter(step.items()))
         if kind == "split":
             count *= _parts(arg, where)
+        elif kind == "concat":
+            count = 1
         elif kind == "each":
             if not isinstance(arg, list) or len(arg) != count:
                 raise ConvertError(f"{where}: 'each' needs one list of steps per tensor ({count})")
@@ -78,29 +85,42 @@ def _parts(arg, where):
 
 
 def dim(spec, hp, where):
-    """A dimension: an int, a hyperparameter name, or a product of those ("2*expert_ffn_size")."""
+    """A dimension: an int, a hyperparameter name, or a sum of products of those ("2*expert_ffn_size",
+    "kv_lora_rank+qk_rope_head_dim")."""
     if isinstance(spec, int) and not isinstance(spec, bool):
         return spec
     if not isinstance(spec, str):
         raise ConvertError(f"{where}: bad dimension {spec!r}")
-    value = 1
-    for factor in spec.split("*"):
-        factor = factor.strip()
-        if factor.isdigit():
-            value *= int(factor)
-        elif factor in hp:
-            value *= int(hp[factor])
-        else:
-            raise ConvertError(f"{where}: dimension '{spec}' needs {factor}, which neither the config nor the "
-                               "tensors give")
-    return value
+    total = 0
+    for term in spec.split("+"):
+        value = 1
+        for factor in term.split("*"):
+            factor = factor.strip()
+            if factor.isdigit():
+                value *= int(factor)
+            elif hp.get(factor) is not None:
+                value *= int(hp[factor])
+            else:
+                raise ConvertError(f"{where}: dimension '{spec}' needs {factor}, which neither the config nor the "
+                                   "tensors give")
+        total += value
+    return total
 
 
-def apply(steps, source, ctx, tensor_name):
-    """[(expression, description)] for one rule application, in target order."""
-    items = [(source, [])]
+def apply(steps, sources, ctx, tensor_name):
+    """[(expression, description)] for one rule application, in target order. ``sources``: one expression or a
+    list of them (one per source pattern)."""
+    items = [(s, []) for s in sources] if isinstance(sources, list) else [(sources, [])]
     for step in steps:
         kind, arg = next(iter(step.items()))
+        if kind == "concat":
+            what = [w for _, ws in items for w in ws]
+            try:
+                joined = X.Concat([e for e, _ in items], arg)
+            except ValueError as err:
+                raise ConvertError(f"{ctx.where}: '{tensor_name}': {err}") from None
+            items = [(joined, what + [f"{len(items)} joined on axis {arg}"])]
+            continue
         if kind == "each":
             out = []
             for (expr, what), sub in zip(items, arg):
@@ -137,6 +157,13 @@ def _step(kind, arg, expr, ctx, name, k):
         if factor is None or float(factor) == 1.0:
             return [(expr, None)]
         return [(X.Scale(expr, factor), f"x {float(factor):g} ({arg})")]
+    if kind == "reinterleave":
+        axis = arg % len(expr.shape)
+        try:
+            order = transforms.permute_rows(1, expr.shape[axis])
+        except ValueError as err:
+            raise ConvertError(f"{where}: {err}") from None
+        return [(X.Take(expr, axis, order), f"rope rows re-interleaved on axis {axis}")]
     if kind == "permute":
         which = arg[k] if isinstance(arg, list) else arg
         if not which or not ctx.permute:
@@ -172,8 +199,10 @@ def _step(kind, arg, expr, ctx, name, k):
                 raise ConvertError(f"{where}: axis {axis} ({total}) does not split into {arg['parts']} equal parts")
             sizes = [total // arg["parts"]] * arg["parts"]
         else:
-            sizes = [dim(s, ctx.hp, where) for s in arg["sizes"]]
-            if sum(sizes) != total:
+            sizes = [dim(s, ctx.hp, where) if s != -1 else -1 for s in arg["sizes"]]
+            if sizes.count(-1) == 1:        # -1: whatever the other parts leave
+                sizes[sizes.index(-1)] = total - sum(n for n in sizes if n != -1)
+            if sum(sizes) != total or min(sizes) < 0:
                 raise ConvertError(f"{where}: axis {axis} has {total} entries, not {' + '.join(map(str, sizes))}")
         out, start = [], 0
         for j, size in enumerate(sizes):

@@ -213,30 +213,36 @@ class Stack(Expr):
 
 
 class Concat(Expr):
-    """Several tensors joined along their first axis (e.g. separate gate and up halves into one fused tensor)."""
+    """Several tensors joined along one axis (e.g. separate gate and up halves into one fused tensor, or each
+    head's rows from two tensors)."""
 
-    def __init__(self, children):
+    def __init__(self, children, axis=0):
         children = _common_dtype(list(children))
-        if not children or any(c.shape[1:] != children[0].shape[1:] for c in children):
-            raise ValueError("concatenated tensors must agree on every axis but the first")
-        self.children = tuple(children)
-        self.shape = (sum(c.shape[0] for c in children),) + children[0].shape[1:]
+        axis %= len(children[0].shape) if children else 1
+        rest = [c.shape[:axis] + c.shape[axis + 1:] for c in children]
+        if not children or any(r != rest[0] for r in rest):
+            raise ValueError(f"concatenated tensors must agree on every axis but axis {axis}")
+        self.children, self.axis = tuple(children), axis
+        shape = list(children[0].shape)
+        shape[axis] = sum(c.shape[axis] for c in children)
+        self.shape = tuple(shape)
         self.dtype_name = children[0].dtype_name
 
     def read(self, box):
-        (a, b), rest = box[0], box[1:]
+        ax = self.axis
+        a, b = box[ax]
         parts, start = [], 0
         for child in self.children:
-            lo, hi = max(a, start), min(b, start + child.shape[0])
+            lo, hi = max(a, start), min(b, start + child.shape[ax])
             if lo < hi:
-                parts.append(child.read(((lo - start, hi - start),) + rest))
-            start += child.shape[0]
+                parts.append(child.read(box[:ax] + ((lo - start, hi - start),) + box[ax + 1:]))
+            start += child.shape[ax]
         if not parts:
             return np.empty(tuple(hi - lo for lo, hi in box), _np_dtype(self))
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=ax)
 
     def __repr__(self):
-        return f"Concat({len(self.children)} tensors)"
+        return f"Concat({len(self.children)} tensors, axis {self.axis})"
 
 
 class ToFloat32(Expr):

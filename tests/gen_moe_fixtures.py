@@ -66,65 +66,61 @@ MIXTRAL = {
 # weights (HF "classic" per-expert names, as save_pretrained writes them and MindFormers' converters read them)
 # ---------------------------------------------------------------------------------------------------------------
 
+class WeightMaker:
+    """Random weights with the gains that give trained-like logits (std about 2) and decisive routing."""
+
+    def __init__(self, seed):
+        self.rs = np.random.RandomState(seed)
+
+    def lin(self, o, i, gain=0.9):
+        return self.rs.normal(0.0, gain / np.sqrt(i), size=(o, i))
+
+    def norm(self, d):
+        return 1.0 + 0.2 * self.rs.standard_normal(d)
+
+    def attention(self, w, p, H, nh, nkv, hd):
+        w[p + "input_layernorm.weight"] = self.norm(H)
+        w[p + "self_attn.q_proj.weight"] = self.lin(nh * hd, H)
+        w[p + "self_attn.k_proj.weight"] = self.lin(nkv * hd, H)
+        w[p + "self_attn.v_proj.weight"] = self.lin(nkv * hd, H)
+        w[p + "self_attn.o_proj.weight"] = self.lin(H, nh * hd)
+        w[p + "post_attention_layernorm.weight"] = self.norm(H)
+
+    def experts(self, w, router, expert, E, F, H, names):
+        w[router] = self.lin(E, H, 3.0)
+        for e in range(E):
+            for name, (o, i) in zip(names, ((F, H), (F, H), (H, F))):
+                w[expert.format(e=e, name=name)] = self.lin(o, i, 1.2)
+
+    def ends(self, w, V, H):
+        w["model.embed_tokens.weight"] = self.rs.standard_normal((V, H))
+        w["model.norm.weight"] = self.norm(H)
+        w["lm_head.weight"] = self.rs.normal(0.0, 2.0 / np.sqrt(H), size=(V, H))
+        return {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in w.items()}
+
+
 def qwen3_moe_weights(v, seed_offset=0):
-    rs = np.random.RandomState(v["seed"] + 97 * seed_offset)
-    H, nh, nkv, hd, E, F, V = v["H"], v["nh"], v["nkv"], v["hd"], v["E"], v["F"], v["rows"]
-
-    def lin(o, i, gain=0.9):
-        return rs.normal(0.0, gain / np.sqrt(i), size=(o, i))
-
-    def norm(d):
-        return 1.0 + 0.2 * rs.standard_normal(d)
-
-    w = {"model.embed_tokens.weight": rs.standard_normal((V, H))}
+    m, w = WeightMaker(v["seed"] + 97 * seed_offset), {}
+    H, hd = v["H"], v["hd"]
     for i in range(v["layers"]):
         p = f"model.layers.{i}."
-        w[p + "input_layernorm.weight"] = norm(H)
-        w[p + "self_attn.q_proj.weight"] = lin(nh * hd, H)
-        w[p + "self_attn.k_proj.weight"] = lin(nkv * hd, H)
-        w[p + "self_attn.v_proj.weight"] = lin(nkv * hd, H)
-        w[p + "self_attn.q_norm.weight"] = norm(hd)
-        w[p + "self_attn.k_norm.weight"] = norm(hd)
-        w[p + "self_attn.o_proj.weight"] = lin(H, nh * hd)
-        w[p + "post_attention_layernorm.weight"] = norm(H)
-        w[p + "mlp.gate.weight"] = lin(E, H, 3.0)      # decisive routing: no near-ties in the top-k
-        for e in range(E):
-            w[p + f"mlp.experts.{e}.gate_proj.weight"] = lin(F, H, 1.2)
-            w[p + f"mlp.experts.{e}.up_proj.weight"] = lin(F, H, 1.2)
-            w[p + f"mlp.experts.{e}.down_proj.weight"] = lin(H, F, 1.2)
-    w["model.norm.weight"] = norm(H)
-    w["lm_head.weight"] = rs.normal(0.0, 2.0 / np.sqrt(H), size=(V, H))
-    return {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in w.items()}
+        m.attention(w, p, H, v["nh"], v["nkv"], hd)
+        w[p + "self_attn.q_norm.weight"] = m.norm(hd)
+        w[p + "self_attn.k_norm.weight"] = m.norm(hd)
+        m.experts(w, p + "mlp.gate.weight", p + "mlp.experts.{e}.{name}.weight", v["E"], v["F"], H,
+                  ("gate_proj", "up_proj", "down_proj"))
+    return m.ends(w, v["rows"], H)
 
 
 def mixtral_weights(v, seed_offset=0):
-    rs = np.random.RandomState(v["seed"] + 97 * seed_offset)
-    H, nh, nkv, E, F, V = v["H"], v["nh"], v["nkv"], v["E"], v["F"], v["rows"]
-    hd = H // nh
-
-    def lin(o, i, gain=0.9):
-        return rs.normal(0.0, gain / np.sqrt(i), size=(o, i))
-
-    def norm(d):
-        return 1.0 + 0.2 * rs.standard_normal(d)
-
-    w = {"model.embed_tokens.weight": rs.standard_normal((V, H))}
+    m, w = WeightMaker(v["seed"] + 97 * seed_offset), {}
+    H = v["H"]
     for i in range(v["layers"]):
         p = f"model.layers.{i}."
-        w[p + "input_layernorm.weight"] = norm(H)
-        w[p + "self_attn.q_proj.weight"] = lin(nh * hd, H)
-        w[p + "self_attn.k_proj.weight"] = lin(nkv * hd, H)
-        w[p + "self_attn.v_proj.weight"] = lin(nkv * hd, H)
-        w[p + "self_attn.o_proj.weight"] = lin(H, nh * hd)
-        w[p + "post_attention_layernorm.weight"] = norm(H)
-        w[p + "block_sparse_moe.gate.weight"] = lin(E, H, 3.0)
-        for e in range(E):
-            w[p + f"block_sparse_moe.experts.{e}.w1.weight"] = lin(F, H, 1.2)
-            w[p + f"block_sparse_moe.experts.{e}.w3.weight"] = lin(F, H, 1.2)
-            w[p + f"block_sparse_moe.experts.{e}.w2.weight"] = lin(H, F, 1.2)
-    w["model.norm.weight"] = norm(H)
-    w["lm_head.weight"] = rs.normal(0.0, 2.0 / np.sqrt(H), size=(V, H))
-    return {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in w.items()}
+        m.attention(w, p, H, v["nh"], v["nkv"], H // v["nh"])
+        m.experts(w, p + "block_sparse_moe.gate.weight", p + "block_sparse_moe.experts.{e}.{name}.weight", v["E"],
+                  v["F"], H, ("w1", "w3", "w2"))
+    return m.ends(w, v["rows"], H)
 
 
 def round_bf16(w):
@@ -212,14 +208,17 @@ def hf_worker(job_path: Path) -> None:
 
         def margin(module, args, _output):
             # how far each token is from choosing other experts: the gap between its k-th and (k+1)-th router
-            # logit, in units of the logits' spread (routing flips under quantization noise when this is small)
-            scores = torch.nn.functional.linear(args[0].reshape(-1, args[0].shape[-1]), module.weight)
+            # score, in units of the scores' spread (routing flips under quantization noise when this is small);
+            # DeepSeek-style routers choose by sigmoid score plus a correction bias
+            scores = torch.nn.functional.linear(args[0].reshape(-1, args[0].shape[-1]).float(), module.weight.float())
+            if hasattr(module, "e_score_correction_bias"):
+                scores = scores.sigmoid() + module.e_score_correction_bias
             top = torch.sort(scores, dim=-1, descending=True).values
             k = task["k"]
             margins.append(float(((top[:, k - 1] - top[:, k]) / scores.std()).min()))
 
         for module in model.modules():
-            if type(module).__name__.endswith("TopKRouter"):
+            if type(module).__name__.lower().endswith("topkrouter"):
                 module.register_forward_hook(margin)
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([task["ids"]])).logits[0].to(torch.float32).numpy()

@@ -46,6 +46,9 @@ CASES = {
     "qwen3_moe/infer/model.ckpt": (QWEN_BPE, "qwen3_moe"),
     "mixtral/bmm_scaled/model.ckpt": (LLAMA_SPM, "mixtral"),
     "mixtral/gmm/model.ckpt": (LLAMA_SPM, "mixtral"),
+    "deepseek3/train/model.ckpt": (QWEN_BPE, "deepseek3"),
+    "deepseek3/concat/model.ckpt": (QWEN_BPE, "deepseek3"),
+    "deepseek3/noq/model.ckpt": (QWEN_BPE, "deepseek3"),
 }
 
 

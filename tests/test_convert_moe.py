@@ -436,3 +436,24 @@ def test_expert_tensors_quantize_like_ggml(tmp_path, monkeypatch, band_bytes):
         assert t.data.tobytes() == want, t.name
         seen.add(t.tensor_type.name)
     assert {"Q4_K", "Q6_K"} <= seen
+
+
+def test_config_spellings_give_the_same_file(tmp_path):
+    """transformers 5 writes num_local_experts and rope_parameters; MindFormers' TransformerConfig names them
+    num_moe_experts / moe_router_topk / moe_ffn_hidden_size: all must give the same GGUF as the classic keys."""
+    classic = json.loads((FIXTURES / "qwen3_moe/train/config.json").read_text())
+    new = dict(classic)
+    new["num_local_experts"] = new.pop("num_experts")
+    new["rope_parameters"] = {"rope_type": "default", "rope_theta": new.pop("rope_theta")}
+    megatron = dict(classic)
+    for old, key in (("num_experts", "num_moe_experts"), ("num_experts_per_tok", "moe_router_topk"),
+                     ("moe_intermediate_size", "moe_ffn_hidden_size")):
+        megatron[key] = megatron.pop(old)
+    outputs = []
+    for k, config in enumerate((classic, new, megatron)):
+        path = tmp_path / f"config{k}.json"
+        path.write_text(json.dumps(config))
+        outputs.append(tmp_path / f"m{k}.gguf")
+        assert convert(ckpt_of("qwen3_moe/train"), outputs[-1], "--config", path, map_name="qwen3_moe",
+                       tokenizer=QWEN_TOKENIZER) == 0
+    assert outputs[0].read_bytes() == outputs[1].read_bytes() == outputs[2].read_bytes()

@@ -7,6 +7,7 @@
 
 import argparse
 import json
+import os
 import sys
 
 from msckpt import CheckpointError, open_checkpoint
@@ -43,12 +44,16 @@ def add_decryption_options(parser):
 
 def inspect_parser():
     p = argparse.ArgumentParser(prog="ms2gguf inspect", description="List the entries of a MindSpore checkpoint: "
-                                "names, dtypes, shapes, sizes, and what kind of entry each is.")
-    p.add_argument("ckpt", metavar="CKPT", help=".ckpt (plain, with CRC, or encrypted) or .safetensors file")
+                                "names, dtypes, shapes, sizes, and what kind of entry each is; for sharded saves "
+                                "also the layout, the files, how every parameter is split, and the --step values.")
+    p.add_argument("ckpt", metavar="CKPT", help=".ckpt (plain, with CRC, or encrypted) or .safetensors file, or a "
+                   "directory: MindFormers Checkpoint 2.0 (its root or one iteration_*/), a rank_N/ tree, or "
+                   ".safetensors shards")
     p.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
     p.add_argument("--no-crc", action="store_true", help="do not verify the CRC (it reads the whole file)")
     p.add_argument("--strategy", metavar="FILE_OR_DIR", help="strategy of a distributed CKPT directory (rank_N/)")
-    p.add_argument("--step", metavar="N", help="distributed CKPT: which saved step to read (N or EPOCH_N)")
+    p.add_argument("--step", metavar="N", help="which save to read: the iteration of a Checkpoint 2.0 root (N), or "
+                   "the step of a rank_N/ tree (N or EPOCH_N); inspect lists the values")
     add_decryption_options(p)
     return p
 
@@ -58,6 +63,8 @@ def cmd_inspect(argv):
 
     args = inspect_parser().parse_args(argv)
     shards = {k: v for k, v in (("strategy", args.strategy), ("step", args.step)) if v is not None}
+    if os.path.isdir(args.ckpt):
+        shards["optimizer"] = True          # Checkpoint 2.0 keeps optimizer state in files of its own; list it too
     with open_checkpoint(args.ckpt, dec_key=args.dec_key, dec_mode=args.dec_mode, **shards) as ckpt:
         info = describe(ckpt, check_crc=not args.no_crc)
     if args.json:

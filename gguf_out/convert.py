@@ -29,7 +29,8 @@ def build_parser():
         description="Convert a MindSpore / MindFormers checkpoint to GGUF for llama.cpp and Ollama.",
         epilog=f"Bundled maps: {', '.join(bundled_names())}. Subcommands: 'ms2gguf inspect CKPT', "
                "'ms2gguf check FILE.gguf'.")
-    p.add_argument("ckpt", metavar="CKPT", help="checkpoint: .ckpt (plain, CRC, encrypted) or .safetensors")
+    p.add_argument("ckpt", metavar="CKPT", help="checkpoint: .ckpt (plain, CRC, encrypted) or .safetensors, or a "
+                   "directory (MindFormers Checkpoint 2.0 root or iteration_*/, rank_N/ tree, safetensors shards)")
     p.add_argument("map", metavar="MAP", nargs="?", help="family map: a bundled name (e.g. llama2), a path to a "
                    ".json map, or 'auto' (the default when OUT ends in .gguf) to choose by tensor names and config")
     p.add_argument("out", metavar="OUT", help="output .gguf file")
@@ -65,8 +66,9 @@ def build_parser():
     p.add_argument("--strategy", metavar="FILE_OR_DIR", help="parallel strategy of a distributed CKPT directory "
                    "(rank_N/ shards): a strategy file (.ckpt/.json) or a directory of per-rank files (default: "
                    "CKPT/strategy* or MindFormers' CKPT/../strategy/)")
-    p.add_argument("--step", metavar="N", help="distributed CKPT: which saved step to read when a rank directory "
-                   "holds several (N or EPOCH_N from <prefix>-EPOCH_N.ckpt; default: the newest)")
+    p.add_argument("--step", metavar="N", help="which save to read: in a MindFormers Checkpoint 2.0 root, "
+                   "iteration_N/ (default: the one latest_checkpointed_iteration.txt names); in a rank_N/ tree, "
+                   "step N or EPOCH_N of <prefix>-EPOCH_N files (default: the newest); 'ms2gguf inspect' lists them")
     p.add_argument("--name", help="general.name (default: the checkpoint's file name)")
     p.add_argument("--chat-template", metavar="NAME|FILE", help="chat template for tokenizer.chat_template and the "
                    f"Modelfile: a built-in format ({', '.join(templates.FORMATS)}), a Jinja file (or a JSON file with "

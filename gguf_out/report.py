@@ -54,6 +54,7 @@ def describe(ckpt, check_crc=True):
         "per_group": {g: per_group[g] for g in GROUPS if g in per_group},
         "entries": entries,
         "distributed": ckpt.distributed_info() if hasattr(ckpt, "distributed_info") else None,
+        "checkpoint2": ckpt.iteration_info() if hasattr(ckpt, "iteration_info") else None,
     }
 
 
@@ -106,6 +107,7 @@ def format_text(info):
             lines.append(f"  {e['name']:<{width}}  {e['dtype']:<12} {shape:<18} {e['bytes']:>14,} "
                          f"{e['records']:>7}{extra}")
     lines += distributed_lines(info.get("distributed"))
+    lines += iteration_lines(info.get("checkpoint2"), {e["name"]: e["group"] for e in info["entries"]})
     lines.append("")
     lines.append("per dtype:")
     for dtype, stats in sorted(info["per_dtype"].items()):
@@ -127,8 +129,12 @@ def distributed_lines(dist):
     if not dist:
         return []
     ranks = dist["ranks"]
-    lines = ["", f"distributed: {len(ranks)} ranks ({dist['stages']} pipeline stage(s) x "
-                 f"{dist['devices_per_stage']} devices), step {dist['step'] or '-'}, strategy {dist['strategy']}"]
+    strategy = f"strategy {dist['strategy']}" if dist["strategy"] else "no strategy (one rank: whole tensors)"
+    dedup = ", de-duplicated (remove_redundancy)" if dist.get("deduplicated") else ""
+    lines = ["", f"distributed: {len(ranks)} rank(s) ({dist['stages']} pipeline stage(s) x "
+                 f"{dist['devices_per_stage']} devices), step {dist['step'] or '-'}{dedup}, {strategy}"]
+    if dist.get("steps"):
+        lines.append(f"  saved steps (--step): {', '.join(dist['steps'])}")
     for r in ranks:
         lines.append(f"  rank_{r['rank']:<4} {r['file']}  {r['size']:,} bytes")
     layouts = dist["layouts"]
@@ -143,6 +149,63 @@ def distributed_lines(dist):
             lines.append(f"  {e['name']:<{width}}  {e['stage']:>5} {str(e['dev_matrix']):<12} "
                          f"{e['tensor_map']:<16} {opt:<13} {'x'.join(map(str, e['shard_shape'])) or 'scalar'} -> "
                          f"{'x'.join(map(str, e['shape'])) or 'scalar'}")
-    if dist["unsharded"]:
+    if dist["unsharded"] and dist["strategy"]:
         lines.append(f"not in the strategy (taken from rank_0): {', '.join(dist['unsharded'])}")
     return lines
+
+
+def _ranks_text(ranks):
+    if ranks and ranks == list(range(ranks[0], ranks[0] + len(ranks))):
+        return f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else str(ranks[0])
+    return ",".join(map(str, ranks))
+
+
+def iteration_lines(it, groups):
+    """A MindFormers Checkpoint 2.0 save: iterations, files, common.json, and how metadata.json splits each
+    parameter (optimizer state, split like its parameters, is only counted)."""
+    if not it:
+        return []
+    iterations = ", ".join(map(str, it["iterations"])) or "-"
+    tracker = f"; {'latest_checkpointed_iteration.txt'}: {it['tracker']}" if it["tracker"] is not None else \
+        "; no latest_checkpointed_iteration.txt"
+    world = f"{it['world']} rank(s)" if it["world"] else "ranks unknown"
+    kind = "de-duplicated (remove_redundancy)" if it["deduplicated"] else \
+        ("metadata.json" if it["metadata"] else "single card, no metadata.json")
+    lines = ["", f"checkpoint 2.0: iteration {it['iteration'] if it['iteration'] is not None else '-'} "
+                 f"(iterations --step: {iterations}{tracker}), {world}, {kind}",
+             f"  directory: {it['iteration_dir']}"]
+    if it["common"]:
+        facts = ", ".join(f"{k} {v}" for k, v in it["common"].items() if v is not None)
+        lines.append(f"  common.json: {facts}")
+    for title, files in (("model files", it["model_files"]), ("optimizer files", it["opt_files"])):
+        if not files:
+            continue
+        total = sum(f["size"] for f in files)
+        lines.append(f"  {title}: {len(files)}, {total:,} bytes"
+                     + ("" if title == "model files" or it["optimizer_read"] else " (not read)"))
+        for f in files:
+            lines.append(f"    {f['file']}  {f['size']:,} bytes")
+    layouts = [e for e in it["layouts"] if groups.get(e["name"]) != "optimizer"]
+    if layouts:
+        width = min(max(max(len(e["name"]) for e in layouts), 4), 80)
+        lines.append("")
+        lines.append(f"parameters in metadata.json: {len(layouts)}"
+                     + (f" (+ {len(it['layouts']) - len(layouts)} optimizer states, split like their parameters)"
+                        if len(it["layouts"]) > len(layouts) else ""))
+        lines.append(f"  {'name':<{width}}  {'shape':<12} {'split':<8} {'chunks':>6} {'holders':>7}  layout")
+        for e in layouts:
+            lay = e["layout"]
+            how = "whole on every rank" if lay is None else (
+                f"dev {lay.get('device_matrix')} map {json_text(lay.get('tensor_map'))} "
+                f"ranks {_ranks_text(lay.get('rank_list') or [])}")
+            lines.append(f"  {e['name']:<{width}}  {'x'.join(map(str, e['global_shape'])) or 'scalar':<12} "
+                         f"{'x'.join(map(str, e['axis_fragmentations'])) or '-':<8} {e['chunks']:>6} "
+                         f"{e['holders']:>7}  {how}")
+    if it["unlisted"]:
+        lines.append(f"in the files but not in metadata.json (not read, as MindFormers' loader does not): "
+                     f"{', '.join(it['unlisted'])}")
+    return lines
+
+
+def json_text(value):
+    return str(value).replace("'", "").replace("(", "[").replace(")", "]")

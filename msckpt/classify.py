@@ -43,6 +43,8 @@ GROUP_TITLES = {
 
 
 def group_of(tensor):
+    if getattr(tensor, "group", None):
+        return tensor.group      # set by readers that know better than the name (Checkpoint 2.0 opt-* files)
     name = tensor.name
     if tensor.kind == "str":
         return "strings"

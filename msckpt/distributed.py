@@ -6,18 +6,14 @@ covers which block of the full tensor, and reads shards (through each rank's str
 when asked, so at most one full tensor - or just a band of its rows - is in memory at a time.
 """
 
-import os
 import re
-from math import prod
 from pathlib import Path
 
-import numpy as np
-
-from . import box as boxes
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import CheckpointError
+from .source import ensure_open_files
 from .strategy import load_strategy
-from .tensor import scalar_value
+from .tiled import TiledTensor
 
 _RANK_DIR = re.compile(r"^rank_(\d+)$")
 _STEP_SUFFIX = re.compile(r"-(\d+)_(\d+)$")       # MindSpore / MindFormers: <prefix>-<epoch>_<step>.ckpt
@@ -38,8 +34,9 @@ def is_distributed(folder):
     return bool(rank_dirs(folder))
 
 
-def find_strategy(folder):
-    """The strategy beside the shards: ``CKPT_DIR/strategy*`` or MindFormers' ``CKPT_DIR/../strategy/``."""
+def find_strategy(folder, required=True):
+    """The strategy beside the shards: ``CKPT_DIR/strategy*`` or MindFormers' ``CKPT_DIR/../strategy/`` (None when
+    there is none and it is not ``required``)."""
     folder = Path(folder)
     here = sorted(p for p in folder.iterdir()
                   if p.name.startswith("strategy") and (p.is_dir() or p.suffix in (".ckpt", ".json")))
@@ -51,6 +48,8 @@ def find_strategy(folder):
     up = folder.absolute().parent / "strategy"
     if up.is_dir():
         return up
+    if not required:
+        return None
     raise CheckpointError(folder, "is a distributed checkpoint (rank_*/) but no strategy file was found (looked "
                           "for strategy* inside it and for ../strategy/); pass --strategy FILE_OR_DIR")
 
@@ -59,14 +58,22 @@ def open_distributed(path, strategy=None, step=None, dec_key=None, dec_mode="AES
                      tmp_dir=None):
     """Open ``path/rank_N/*.ckpt`` as one checkpoint whose sharded parameters are MergedTensors.
 
-    ``strategy``: strategy file or directory (default: found beside the shards). ``step``: which saved step to
-    read when a rank directory holds several (``N`` or ``EPOCH_N``; default: the newest all ranks have).
+    ``strategy``: strategy file or directory (default: found beside the shards; a lone ``rank_0/`` needs none).
+    ``step``: which saved step to read when a rank directory holds several (``N`` or ``EPOCH_N``; default: the
+    newest all ranks have).
     """
     folder = Path(path)
     ranks = rank_dirs(folder)
     if not ranks:
         raise CheckpointError(folder, "has no rank_<N>/ directories")
-    strategy_path = Path(strategy) if strategy is not None else find_strategy(folder)
+    options = dict(dec_key=dec_key, dec_mode=dec_mode, verify_crc=verify_crc, tmp_dir=tmp_dir)
+    strategy_path = Path(strategy) if strategy is not None else find_strategy(folder, required=set(ranks) != {0})
+    if strategy_path is None:
+        # a single-card save in the rank layout: rank_0's file holds whole tensors
+        files, label = pick_files(folder, ranks, step)
+        ckpt = open_checkpoint(files[0], **options)
+        return DistributedCheckpoint(folder, list(ckpt.tensors), None, files, {0: ckpt}, label,
+                                     saved_steps(folder, ranks))
     strat = load_strategy(strategy_path)
     expected = strat.devices
     missing = [r for r in range(expected) if r not in ranks]
@@ -80,17 +87,38 @@ def open_distributed(path, strategy=None, step=None, dec_key=None, dec_mode="AES
                               f"{strategy_path} describes only {expected} ranks ({shape}); is a pipeline "
                               "stage's strategy file missing?")
     files, label = pick_files(folder, ranks, step)
+    ensure_open_files(expected)
     ckpts = {}
     try:
         for rank in range(expected):
-            ckpts[rank] = open_checkpoint(files[rank], dec_key=dec_key, dec_mode=dec_mode, verify_crc=verify_crc,
-                                          tmp_dir=tmp_dir)
+            ckpts[rank] = open_checkpoint(files[rank], **options)
         tensors = _assemble(strat, ckpts, files)
     except BaseException:
         for ckpt in ckpts.values():
             ckpt.close()
         raise
-    return DistributedCheckpoint(folder, tensors, strat, files, ckpts, label)
+    return DistributedCheckpoint(folder, tensors, strat, files, ckpts, label, saved_steps(folder, ranks))
+
+
+def open_rank_dir(path, step=None, strategy=None, **options):
+    """One ``rank_N/`` directory of a single-card run in the rank layout (MindFormers' ``rank_0/``): the newest
+    saved step (or ``step``) of its files, whole tensors. One rank of a multi-rank tree is only a shard of it."""
+    folder = Path(path).absolute()
+    rank = int(_RANK_DIR.match(folder.name).group(1))
+    others = sorted(r for r in rank_dirs(folder.parent) if r != rank)
+    if others or strategy is not None:
+        raise CheckpointError(folder, f"is one rank of a distributed save (rank_{', rank_'.join(map(str, others))} "
+                              f"beside it); pass the directory holding the rank_N/ directories, {folder.parent}"
+                              if others else "is one rank directory; --strategy applies to the directory holding "
+                              "the rank_N/ directories")
+    files, label = pick_files(folder.parent, {rank: folder}, step)
+    ckpt = open_checkpoint(files[rank], **options)
+    return DistributedCheckpoint(folder, list(ckpt.tensors), None, files, {rank: ckpt}, label,
+                                 saved_steps(folder.parent, {rank: folder}))
+
+
+def is_rank_dir(folder):
+    return bool(_RANK_DIR.match(Path(folder).absolute().name))
 
 
 def _more(items, prefix):
@@ -115,11 +143,21 @@ def _step_text(key):
     return f"{key[0]}_{key[1]}" if key else "unnumbered"
 
 
+def _rank_files(d):
+    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix in EXTENSIONS)
+
+
+def saved_steps(folder, ranks):
+    """The "EPOCH_STEP" labels every rank directory holds a checkpoint for, oldest first (what --step accepts)."""
+    common = set.intersection(*({_step_of(f) for f in _rank_files(d)} for d in ranks.values()))
+    return [_step_text(key) for key in sorted(k for k in common if k)]
+
+
 def pick_files(folder, ranks, step=None):
     """({rank: file}, "EPOCH_STEP" or None): the checkpoint each rank directory contributes."""
     per_rank = {}
     for rank, d in sorted(ranks.items()):
-        files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix in EXTENSIONS)
+        files = _rank_files(d)
         if not files:
             raise CheckpointError(d, "holds no .ckpt or .safetensors checkpoint")
         per_rank[rank] = {f: _step_of(f) for f in files}
@@ -196,31 +234,38 @@ def _what(t):
 
 
 def _merged(name, layout, strat, by_rank, files):
-    """A MergedTensor: shard shapes checked against the layout, each shard's block in the full tensor fixed."""
+    """A MergedTensor: shard shapes checked against the layout, each block of the full tensor taken from a rank
+    that holds it.
+
+    A block is a (model-parallel slice, optimizer piece) pair; every rank whose coordinates give the same pair holds
+    the same bytes. Normal saves write each block on all of them; saves with ``remove_redundancy=True`` on exactly
+    one (MindSpore's ``remove_param_redundancy`` deals each replica group's parameters out round-robin), so any
+    rank of the group that has the name will do, and it is an error only when none has it.
+    """
     devices = strat.stage_devices
     first_rank = layout.stage * devices
-    stage_ranks = range(first_rank, first_rank + devices)
-    missing = [rank for rank in stage_ranks if name not in by_rank[rank]]
-    if missing:
-        raise CheckpointError(files[missing[0]], f"has no '{name}', which the strategy places on pipeline stage "
-                              f"{layout.stage} (ranks {stage_ranks[0]}-{stage_ranks[-1]}); checkpoints saved with "
-                              "remove_redundancy=True are not supported")
     reason = layout.unsupported()
     if reason:
         raise CheckpointError(layout.source, f"parameter '{name}': {reason}")
-    shards = [by_rank[rank][name] for rank in stage_ranks]
-    first = shards[0]
+    held = {local: by_rank[first_rank + local][name] for local in range(devices)
+            if name in by_rank[first_rank + local]}
+    if not held:
+        raise CheckpointError(files[first_rank], f"has no '{name}', which the strategy places on pipeline stage "
+                              f"{layout.stage} (ranks {first_rank}-{first_rank + devices - 1}), and no other rank of "
+                              "that stage has it either")
+    first_local = min(held)
+    first = held[first_local]
+    first_file = files[first_rank + first_local]
     if first.kind != "tensor":
-        raise CheckpointError(files[first_rank], f"'{name}' is a {first.kind} entry but the strategy lays it out "
-                              "as a tensor")
-    for rank, t in zip(stage_ranks, shards):
+        raise CheckpointError(first_file, f"'{name}' is a {first.kind} entry but the strategy lays it out as a tensor")
+    for local, t in held.items():
         if t.shape != first.shape or t.dtype != first.dtype:
-            raise CheckpointError(files[rank], f"shard of '{name}' is {_what(t)} here but {_what(first)} in "
-                                  f"{files[first_rank]}; all shards of a parameter must have the same shape")
+            raise CheckpointError(files[first_rank + local], f"shard of '{name}' is {_what(t)} here but "
+                                  f"{_what(first)} in {first_file}; all shards of a parameter must have the same shape")
     shape = tuple(first.shape)
     if len(shape) != len(layout.tensor_map):
         raise CheckpointError(layout.source, f"parameter '{name}': tensor map {layout.map_text()} has "
-                              f"{len(layout.tensor_map)} axes but the shard in {files[first_rank]} has "
+                              f"{len(layout.tensor_map)} axes but the shard in {first_file} has "
                               f"{len(shape)} ({list(shape)})")
     size, step = layout.opt_size, layout.opt_shard_step
     if size > 1 and (not shape or layout.replicas % size):
@@ -231,48 +276,45 @@ def _merged(name, layout, strat, by_rank, files):
         full[0] *= size
     if layout.full_shape is not None and tuple(full) != tuple(layout.full_shape):
         raise CheckpointError(layout.source, f"parameter '{name}': the strategy gives tensor_shape "
-                              f"{list(layout.full_shape)} but its shards ({list(shape)} in {files[first_rank]}) "
+                              f"{list(layout.full_shape)} but its shards ({list(shape)} in {first_file}) "
                               f"merge to {full}")
 
-    tiles, seen = [], set()
+    blocks = {}          # (slice index, optimizer piece) -> the stage-local ranks holding that block, in rank order
     for local in range(devices):
         index = layout.slice_index(local)
-        if index in seen:
-            continue                        # a replica of a slice already placed
-        seen.add(index)
-        offset = [i * n for i, n in zip(index, shape)]
-        if size == 1:
-            tiles.append((shards[local], tuple(offset)))
-            continue
-        # undo optimizer sharding: the slice is the axis-0 concatenation of the group's pieces (§11.4 step 1)
-        base = local - layout.opt_piece(local) * step
-        for piece in range(size):
-            member = base + piece * step
-            if not (0 <= member < devices and layout.slice_index(member) == index):
-                raise CheckpointError(layout.source, f"parameter '{name}': the optimizer shard group of rank "
-                                      f"{first_rank + local} ({layout.describe()}) would include rank "
-                                      f"{first_rank + member}, which does not hold the same model-parallel slice")
-            tiles.append((shards[member], (index[0] * shape[0] * size + piece * shape[0],) + tuple(offset[1:])))
+        piece = layout.opt_piece(local) if size > 1 else 0
+        if size > 1:
+            # the slice is the axis-0 concatenation of the optimizer shard group's pieces (§11.4 step 1)
+            base = local - piece * step
+            for i in range(size):
+                member = base + i * step
+                if not (0 <= member < devices and layout.slice_index(member) == index):
+                    raise CheckpointError(layout.source, f"parameter '{name}': the optimizer shard group of rank "
+                                          f"{first_rank + local} ({layout.describe()}) would include rank "
+                                          f"{first_rank + member}, which does not hold the same model-parallel "
+                                          "slice")
+        blocks.setdefault((index, piece), []).append(local)
+    tiles = []
+    for (index, piece), members in blocks.items():
+        holder = next((m for m in members if m in held), None)
+        if holder is None:
+            others = ", ".join(f"rank_{first_rank + m}" for m in members)
+            raise CheckpointError(files[first_rank + members[0]], f"has no '{name}', and no other rank holding the "
+                                  f"same block of it ({others}) has it either")
+        offset = tuple(i * n for i, n in zip(index, shape))
+        if shape:
+            offset = (offset[0] * size + piece * shape[0],) + offset[1:]
+        tiles.append((held[holder], offset))
     return MergedTensor(name, first.dtype, tuple(full), layout, tiles,
                         ranks=[first_rank + r for r in range(devices)])
 
 
-class MergedTensor:
-    """A parameter assembled from shards in several rank files; the msckpt Tensor reading interface.
-
-    ``tiles`` are (shard Tensor, offset of its block in the full tensor). Shards are read only by
-    ``array()`` / ``rows()``; ``rows()`` reads just the shard rows that cover the requested band.
-    """
-    kind = "tensor"
-    offset = 0
-    source = None
+class MergedTensor(TiledTensor):
+    """A parameter assembled from shards in several rank files (tiles: shard Tensor, offset of its block)."""
 
     def __init__(self, name, dtype, shape, layout, tiles, ranks=()):
-        self.name = name
-        self.dtype = dtype
-        self.shape = shape
+        super().__init__(name, dtype, shape, tiles)
         self.layout = layout
-        self.tiles = sorted(tiles, key=lambda tile: tile[1])
         self.ranks = list(ranks)
 
     def __repr__(self):
@@ -282,85 +324,20 @@ class MergedTensor:
     def shard_shape(self):
         return tuple(self.tiles[0][0].shape)
 
-    @property
-    def records(self):
-        return sum(shard.records for shard, _ in self.tiles)
-
-    @property
-    def n_elements(self):
-        return prod(self.shape)
-
-    @property
-    def nbytes(self):
-        return self.n_elements * self.dtype.itemsize
-
-    def byte_ranges(self):
-        return None          # assembled from several files: no single byte range to copy
-
-    def array(self):
-        """The full merged tensor (a new array; BFloat16 as raw uint16 bits like Tensor.array())."""
-        if not self.shape:
-            return np.array(self.tiles[0][0].array())
-        return self.rows(0, self.shape[0])
-
-    def rows(self, start, stop):
-        """Rows [start, stop) along axis 0, read from only the shards that cover them."""
-        return self.read_box(((start, stop),))
-
-    def read_box(self, box):
-        """A box of the merged tensor (msckpt/box.py), each covering shard read for its part of it only."""
-        box = boxes.normalize(box, self.shape)
-        out = np.empty(tuple(b - a for a, b in box), self.dtype.np_dtype)
-        for shard, offset in self.tiles:
-            part = [(max(a, o), min(b, o + n)) for (a, b), o, n in zip(box, offset, shard.shape)]
-            if any(lo >= hi for lo, hi in part):
-                continue
-            local = tuple((lo - o, hi - o) for (lo, hi), o in zip(part, offset))
-            where = tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(part, box))
-            out[where] = _read_box(shard, local)
-        return out
-
-    def raw(self):
-        return self.array().tobytes()
-
-    def string(self):
-        raise TypeError(f"{self.name} is not a string entry")
-
-    def value(self):
-        """A Python value for a one-element tensor."""
-        return scalar_value(self)
-
-
-def _read_box(shard, box):
-    """A box of a shard, read with pread from its file rather than through the memory map: merging touches every
-    shard once, and mapped pages would stay resident in the process (its RSS would grow to the size of all shards)
-    while pread leaves them to the page cache."""
-    def read_bytes(offset, buffer):
-        want_lo, want_hi, pos = offset, offset + len(buffer), 0
-        fd = shard.source.fileno()
-        for off, n in shard.byte_ranges():
-            a, b = max(pos, want_lo), min(pos + n, want_hi)
-            while a < b:
-                got = os.preadv(fd, [buffer[a - want_lo:b - want_lo]], off + a - pos)
-                if got <= 0:
-                    raise CheckpointError(shard.source.path, f"file ends inside '{shard.name}'", off + a - pos)
-                a += got
-            pos += n
-            if pos >= want_hi:
-                break
-    return boxes.read_box(shard.shape, shard.dtype.np_dtype, box, read_bytes)
-
 
 class DistributedCheckpoint(Checkpoint):
     """The merged view of a ``rank_N/`` directory; closes every rank file on ``close()``."""
 
-    def __init__(self, folder, tensors, strategy, files, ckpts, step):
+    def __init__(self, folder, tensors, strategy, files, ckpts, step, steps=()):
         sources = [s for ckpt in ckpts.values() for s in ckpt.sources]
         super().__init__(folder, None, "distributed", tensors, sources=sources)
-        self.strategy = strategy
+        self.strategy = strategy         # None for a lone rank_0/ (whole tensors)
         self.rank_files = files          # {rank: path of the checkpoint read}
         self.rank_checkpoints = ckpts    # {rank: open Checkpoint}
         self.step = step                 # "EPOCH_STEP" of the files read, or None
+        self.steps = list(steps)         # every "EPOCH_STEP" all ranks hold (the values --step accepts)
+        # MindSpore marks de-duplicated safetensors saves in their metadata (.ckpt files carry no such mark)
+        self.deduplicated = any(c.metadata.get("remove_redundancy") == "True" for c in ckpts.values())
         self.encrypted = next((c.encrypted for c in ckpts.values() if c.encrypted), None)
 
     def layout_of(self, name):
@@ -386,6 +363,7 @@ class DistributedCheckpoint(Checkpoint):
 
     def distributed_info(self):
         """JSON-ready facts for ``ms2gguf inspect``: ranks, strategy, and each sharded parameter's layout."""
+        rank_of = {str(f): r for r, f in self.rank_files.items()}
         layouts = []
         for t in self.tensors:
             if not isinstance(t, MergedTensor):
@@ -394,13 +372,17 @@ class DistributedCheckpoint(Checkpoint):
             layouts.append({"name": t.name, "stage": lay.stage, "dev_matrix": list(lay.dev_matrix),
                             "tensor_map": lay.map_text(), "opt_shard_step": lay.opt_shard_step,
                             "opt_shard_size": lay.opt_shard_size, "replicas": lay.replicas,
-                            "shard_shape": list(t.shard_shape), "shape": list(t.shape)})
+                            "shard_shape": list(t.shard_shape), "shape": list(t.shape),
+                            "read_from": sorted({rank_of[shard.source.path] for shard, _ in t.tiles})})
+        strat = self.strategy
         return {
-            "strategy": self.strategy.path,
-            "strategy_files": [str(f) for f in self.strategy.files],
-            "stages": len(self.strategy.stages),
-            "devices_per_stage": self.strategy.stage_devices,
+            "strategy": strat.path if strat else None,
+            "strategy_files": [str(f) for f in strat.files] if strat else [],
+            "stages": len(strat.stages) if strat else 1,
+            "devices_per_stage": strat.stage_devices if strat else 1,
             "step": self.step,
+            "steps": self.steps,
+            "deduplicated": self.deduplicated,
             "ranks": [{"rank": r, "file": str(f), "size": self.rank_checkpoints[r].file_size}
                       for r, f in sorted(self.rank_files.items())],
             "unsharded": [t.name for t in self.tensors if not isinstance(t, MergedTensor)],

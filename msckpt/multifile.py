@@ -20,9 +20,6 @@ INDEX_NAMES = ("model.safetensors.index.json", "param_name_map.json")
 
 def open_safetensors_dir(path):
     folder = Path(path)
-    if (folder / "metadata.json").is_file():
-        raise CheckpointError(path, "has a metadata.json: this is MindFormers 2.1's chunked iteration_* layout, "
-                              "which is not supported yet")
     index, index_path = _read_index(folder)
     if index is None:
         files = sorted(folder.glob("*.safetensors"))

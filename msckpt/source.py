@@ -5,6 +5,24 @@ import os
 
 
 _BLOCK = 64 << 10      # indexing reads headers through a cache of one block this size
+_SPARE_FILES = 64      # descriptors left for everything else when many checkpoint files are open
+
+
+def ensure_open_files(count):
+    """Raise the soft limit on open files (up to the hard one) so ``count`` checkpoint files can stay open: a job
+    of many ranks saves a file per rank, more than the usual soft limit of 1024."""
+    try:
+        import resource
+    except ImportError:          # not on Unix: nothing to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = count + _SPARE_FILES
+    if soft != resource.RLIM_INFINITY and want > soft:
+        new = want if hard == resource.RLIM_INFINITY else min(max(want, 2 * soft), hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            pass                 # the open itself will then report the limit
 
 
 class Source:

@@ -111,15 +111,15 @@ def test_unsharded_entries_come_from_rank_0():
 
 
 def test_rows_read_only_the_covering_shards(monkeypatch):
-    import msckpt.distributed as dist
+    from msckpt.tensor import Tensor
 
     with open_checkpoint(DL / "tp2x2") as ckpt:
         wq = ckpt["model.layers.0.attention.wq.weight"]      # [0, -1] + optimizer shard 2/2: 4 row blocks of 16
         assert len(wq.tiles) == 4 and wq.shard_shape == (16, 64)
         offsets = {id(shard): offset for shard, offset in wq.tiles}
         calls = []
-        read = dist._read_box
-        monkeypatch.setattr(dist, "_read_box", lambda shard, box:
+        read = Tensor.read_box
+        monkeypatch.setattr(Tensor, "read_box", lambda shard, box:
                             calls.append((offsets[id(shard)],) + tuple(box[0])) or read(shard, box))
         whole = wq.array()
         calls.clear()
@@ -244,10 +244,14 @@ def test_inconsistent_shard_shapes(tmp_path, capsys):
 
 def test_sharded_parameter_missing_from_a_rank(tmp_path, capsys):
     copy = tp2x2_copy(tmp_path)
-    name = "model.layers.1.attention.wo.weight"
+    name = "model.layers.1.attention.wo.weight"         # [-1, 0]: ranks 1 and 3 hold the same slice
     rewrite_rank(copy / "rank_3" / "llama_rank_3-1_10.ckpt", lambda n, d, a: None if n == name else (d, a))
+    want = json.loads((copy / "expected.json").read_text())["tensors"]
+    with open_checkpoint(copy) as ckpt:                  # a replica still has it (as in a de-duplicated save)
+        assert digest_mismatches(ckpt, want) == []
+    rewrite_rank(copy / "rank_1" / "llama_rank_1-1_10.ckpt", lambda n, d, a: None if n == name else (d, a))
     err = cli_error(capsys, tmp_path, copy)
-    assert "rank_3" in err and f"has no '{name}'" in err
+    assert "rank_1" in err and f"has no '{name}'" in err and "(rank_1, rank_3) has it either" in err
 
 
 def test_unsharded_entry_differing_between_ranks(tmp_path, capsys):
@@ -385,7 +389,7 @@ def test_inspect_distributed(capsys):
     assert main(["inspect", str(DL / "tp2x2")]) == 0
     text = capsys.readouterr().out
     assert "format:     distributed" in text
-    assert "distributed: 4 ranks (1 pipeline stage(s) x 4 devices), step 1_10" in text
+    assert "distributed: 4 rank(s) (1 pipeline stage(s) x 4 devices), step 1_10" in text
     assert "rank_3" in text and "llama_rank_3-1_10.ckpt" in text
     line = next(li for li in text.splitlines() if li.strip().startswith("model.layers.0.attention.wq.weight")
                 and "[2, 2]" in li)
@@ -398,5 +402,7 @@ def test_inspect_distributed(capsys):
     assert dist["stages"] == 2 and dist["devices_per_stage"] == 2 and dist["step"] == "1_2"
     norm = next(e for e in dist["layouts"] if e["name"] == "model.norm_out.weight")
     assert norm == {"name": "model.norm_out.weight", "stage": 1, "dev_matrix": [2], "tensor_map": "[0]",
-                    "opt_shard_step": 0, "opt_shard_size": 0, "replicas": 1, "shard_shape": [32], "shape": [64]}
+                    "opt_shard_step": 0, "opt_shard_size": 0, "replicas": 1, "shard_shape": [32], "shape": [64],
+                    "read_from": [2, 3]}
+    assert dist["steps"] == ["1_2", "1_4"] and dist["deduplicated"] is False
 

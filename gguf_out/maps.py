@@ -160,6 +160,8 @@ class FamilyMap:
             # layers beyond num_layers are this (e.g. multi-token prediction) and are skipped, or None: an error
             self.extra_layers = data.get("extra_layers")
             self.required_why = data.get("required_why", {})   # {required tensor pattern: why it may be missing}
+            # [[dimension, dimension, why]]: hyperparameters the architecture needs equal (llama.cpp's shapes)
+            self.constraints = data.get("constraints", [])
             # another tokenizer kind the family ships, with its own pre-tokenizer, specials and chat template:
             # {"sentencepiece": {"tokenizer_pre": ..., "tokenizer_specials": ..., "chat_template": ...}}
             self.tokenizer_variants = data.get("tokenizer_variants", {})
@@ -168,6 +170,10 @@ class FamilyMap:
             raise ConvertError(f"{where}: malformed map (missing or wrong entry {err})") from None
         self._check_fused_layout(where)
         self._check_tokenizers(where)
+        if not isinstance(self.constraints, list) or any(
+                not isinstance(c, list) or len(c) != 3 or not all(isinstance(x, (str, int)) for x in c)
+                for c in self.constraints):
+            raise ConvertError(f"{where}: 'constraints' must be a list of [dimension, dimension, why]")
         if not (isinstance(self.rope_permute, bool) or (isinstance(self.rope_permute, dict)
                                                         and isinstance(self.rope_permute.get("flag"), str))):
             raise ConvertError(f"{where}: 'rope_permute' must be true, false or {{\"flag\": config key}}")

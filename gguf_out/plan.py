@@ -243,6 +243,7 @@ def build(ckpt, fmap, config, config_path, options):
     groups = group_entries(mapped, ckpt.path)
     hp = hparams.resolve(fmap, config, config_path)
     hparams.complete(hp, _observe(groups, fmap, ckpt.path, hp), config_path)
+    _check_constraints(fmap, hp, ckpt.path)
     num_layers = int(hp["num_layers"])
     notes = _config_notes(config, config_path) + hparams.ignored_settings(fmap, config, config_path)
     routing_notes, facts = moe.check_routing(fmap, hp, config_path, options.allow_inexact)
@@ -318,6 +319,15 @@ def _inference_save(fmap, ckpt):
         return None
     regex = re.compile(spec["tensor"])
     return next((t.name for t in ckpt if regex.search(t.name) and len(t.shape) == spec["ndim"]), None)
+
+
+def _check_constraints(fmap, hp, ckpt_path):
+    """The map's "constraints": dimensions llama.cpp's architecture assumes equal (e.g. chatglm: the query width is
+    the hidden size), so that a model it cannot load is an error here rather than a GGUF llama.cpp rejects."""
+    for left, right, why in fmap.constraints:
+        a, b = (steps_mod.dim(d, hp, f"{fmap.path}: constraint") for d in (left, right))
+        if a != b:
+            raise ConvertError(f"{ckpt_path}: {left} = {a} but {right} = {b}; {why}")
 
 
 def _check_untied_output(outputs, fmap, hp, ckpt_path):

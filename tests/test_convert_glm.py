@@ -16,7 +16,8 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from conftest import BOUNDS, FIXTURES, convert, gguf_value, llama_logits, llama_logits_isolated, relative_error
+from conftest import (BOUNDS, FIXTURES, convert, gguf_value, llama_logits, llama_logits_isolated, relative_error,
+                      write_ckpt)
 from gguf import GGUFReader
 
 CHATGLM, GLM4, QWEN2 = FIXTURES / "chatglm", FIXTURES / "glm4", FIXTURES / "qwen2"
@@ -302,6 +303,27 @@ def test_kv_heads_from_the_shapes_when_the_config_is_silent(converted, tmp_path)
     config = edited_config(tmp_path, "chatglm/fused", lambda c: c.pop("multi_query_group_num"))
     out = converted("chatglm/fused", "f32", "--config", str(config))
     assert out.read_bytes() == converted("chatglm/fused", "f32").read_bytes()
+
+
+def test_chatglm_whose_query_width_is_not_the_hidden_size_is_refused(tmp_path, capsys):
+    """llama.cpp's chatglm takes the query width for the hidden size (its attn_qkv is [H + 2 x KV width, H]): a model
+    with num_attention_heads x kv_channels != hidden_size would not load, so it is an error naming both."""
+    H, nh, nkv, hd, F, V = 64, 4, 2, 32, 96, 512
+    p = "transformer.encoder.layers.0."
+    shapes = {"transformer.embedding.embedding_weight": (V, H), p + "input_layernorm.weight": (H,),
+              p + "self_attention.query_key_value.weight": ((nh + 2 * nkv) * hd, H),
+              p + "self_attention.query_key_value.bias": ((nh + 2 * nkv) * hd,),
+              p + "self_attention.dense.weight": (H, nh * hd), p + "post_attention_layernorm.weight": (H,),
+              p + "mlp.dense_h_to_4h.weight": (2 * F, H), p + "mlp.dense_4h_to_h.weight": (H, F),
+              "transformer.encoder.final_layernorm.weight": (H,), "transformer.output_layer.weight": (V, H)}
+    write_ckpt(tmp_path / "model.ckpt", [(n, "Float32", np.zeros(s, np.float32)) for n, s in shapes.items()])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": {"model_config": dict(
+        type="ChatGLM2Config", num_layers=1, padded_vocab_size=V, hidden_size=H, ffn_hidden_size=F, kv_channels=hd,
+        num_attention_heads=nh, multi_query_group_num=nkv, seq_length=64)}}))
+    assert convert(tmp_path / "model.ckpt", tmp_path / "o.gguf", map_name="chatglm", tokenizer=CHATGLM3_TOKENIZER) == 1
+    err = capsys.readouterr().err
+    assert "q_width = 128 but hidden_size = 64; llama.cpp's chatglm needs" in err and "Traceback" not in err
+    assert not (tmp_path / "o.gguf").exists()
 
 
 # --- GLM-4-MoE ---------------------------------------------------------------------------------------------------

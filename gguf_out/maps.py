@@ -179,6 +179,7 @@ class FamilyMap:
             raise ConvertError(f"{where}: 'rope_permute' must be true, false or {{\"flag\": config key}}")
         self.skip_groups = set(skip.get("groups", []))
         self.skip_names = list(skip.get("names", []))
+        self.skip_reasons = dict(skip.get("reasons", {}))      # {name pattern: why such entries are skipped}
         self._check_against_gguf(where)
 
     def _check_fused_layout(self, where):
@@ -255,7 +256,11 @@ class FamilyMap:
         return next((why for pattern, why in self.reject.items() if fnmatch.fnmatchcase(name, pattern)), None)
 
     def skipped_by_name(self, name):
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.skip_names)
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.skip_names + list(self.skip_reasons))
+
+    def skip_reason(self, name):
+        """The reason the map gives for skipping entries like ``name`` (its skip.reasons patterns), or None."""
+        return next((why for pattern, why in self.skip_reasons.items() if fnmatch.fnmatchcase(name, pattern)), None)
 
 
 def load_map(spec):

@@ -96,6 +96,10 @@ def classify_entries(ckpt, fmap):
         if why:
             raise ConvertError(f"{ckpt.path}: '{tensor.name}': {why}; the map '{fmap.family}' ({fmap.path}) "
                                "cannot convert this checkpoint")
+        reason = fmap.skip_reason(tensor.name)
+        if reason:
+            skipped.append((tensor.name, reason))
+            continue
         found = _match(fmap, tensor)
         if found is not None:
             mapped.append((tensor,) + found)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 from gen_moe_fixtures import QWEN_TOKENIZER, WeightMaker, run_hf, write_hf_dir  # noqa: E402
 
 SEQ_LENGTH = 32
-CANDIDATES = 16
+CANDIDATES = 40
 YARN = {"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096, "beta_fast": 32.0,
         "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}
 BASE = dict(H=64, nh=4, ql=48, kvl=32, rope=8, nope=16, v=24, E=8, k=2, F=24, dense_F=96, shared=1, dense=1,
@@ -149,11 +149,18 @@ def mf_params(net, config, w, v, rng):
         if not v["ql"] and ".self_attn.q_proj." in name:
             mf = f"decoder.layers.{name.split('.')[2]}.self_attention.linear_q_proj.weight"
         out[mf] = a
+    last = f"decoder.layers.{v['layers'] - 1}."
     for prm in net.get_parameters():       # MTP layers and router statistics: MindFormers-only parameters
         if prm.name not in out:
             if not (prm.name.startswith("mtp.") or prm.name.endswith(("router.fi_accu", "router.expert_load"))):
                 raise RuntimeError(f"no value for {prm.name}")
-            out[prm.name] = (0.05 * rng.standard_normal(prm.shape)).astype(np.float32)
+            # an MTP transformer layer of the same magnitude as the model's own layers, so that running it by
+            # mistake shows (tests/test_convert_deepseek.py's MTP control)
+            twin = out.get(prm.name.replace("mtp.layers.0.transformer_layer.", last))
+            if twin is not None and twin.shape == tuple(prm.shape):
+                out[prm.name] = (twin + rng.normal(0.0, float(np.std(twin)) + 1e-3, twin.shape)).astype(np.float32)
+            else:
+                out[prm.name] = (0.05 * rng.standard_normal(prm.shape)).astype(np.float32)
     return out
 
 

@@ -213,9 +213,18 @@ def hf_worker(job_path: Path) -> None:
             scores = torch.nn.functional.linear(args[0].reshape(-1, args[0].shape[-1]).float(), module.weight.float())
             if hasattr(module, "e_score_correction_bias"):
                 scores = scores.sigmoid() + module.e_score_correction_bias
+            k, spread = task["k"], scores.std()
+            groups = getattr(module, "num_group", 1) or 1
+            if groups > 1:      # group-limited: the chosen groups must win clearly too (top-2 sum per group)
+                per_group = scores.view(len(scores), groups, -1)
+                group_scores = per_group.topk(2, dim=-1).values.sum(-1)
+                top_groups = torch.sort(group_scores, dim=-1, descending=True).values
+                used = module.topk_group
+                margins.append(float(((top_groups[:, used - 1] - top_groups[:, used]) / spread).min()))
+                mask = torch.zeros_like(group_scores).scatter_(1, group_scores.topk(used, dim=-1).indices, 1)
+                scores = scores.masked_fill(~mask.bool().repeat_interleave(per_group.shape[-1], dim=-1), -1e9)
             top = torch.sort(scores, dim=-1, descending=True).values
-            k = task["k"]
-            margins.append(float(((top[:, k - 1] - top[:, k]) / scores.std()).min()))
+            margins.append(float(((top[:, k - 1] - top[:, k]) / spread).min()))
 
         for module in model.modules():
             if type(module).__name__.lower().endswith("topkrouter"):

@@ -532,6 +532,9 @@ def _symbols(report, arch, fmap, n_tokens):
         if "head_dim" in hp:
             hp["q_width"] = heads * hp["head_dim"]
             hp["kv_width"] = hp["num_kv_heads"] * hp["head_dim"]
+            hp["qkv_width"] = hp["q_width"] + 2 * hp["kv_width"]
+    if "ffn_size" in hp and "ffn_size" not in unclear:
+        hp["gate_up_width"] = 2 * hp["ffn_size"]
     if per_layer:
         report.notes.append(f"per-layer {', '.join(sorted(per_layer))}: those shapes not checked")
     return hp

@@ -123,9 +123,9 @@ def main(argv):
 
 
 def _tokenizer_path(args, fmap):
-    path = Path(args.tokenizer) if args.tokenizer else vocabulary.find_tokenizer(args.ckpt, fmap.tokenizer)
+    path = Path(args.tokenizer) if args.tokenizer else vocabulary.find_tokenizer(args.ckpt, fmap.tokenizer_kinds)
     if path is None:
-        wanted = " / ".join(vocabulary.TOKENIZER_FILES.get(fmap.tokenizer, ("tokenizer.model",)))
+        wanted = " / ".join(vocabulary.tokenizer_patterns(fmap.tokenizer_kinds))
         raise ConvertError(f"{args.ckpt}: no tokenizer ({wanted}) beside the checkpoint; pass --tokenizer")
     return path
 
@@ -170,7 +170,7 @@ def run(args):
         plan = planning.build(ckpt, fmap, config, config_path, options)
         vocab = vocabulary.load_tokenizer(tokenizer_path, fmap)
         vocabulary.pad_to(vocab, int(plan.hp["vocab_size"]))
-        chat = templates.apply(args.chat_template, vocab, fmap)
+        chat = templates.apply(args.chat_template, vocab, fmap.for_tokenizer(vocab.kind))
         name = args.name or Path(args.ckpt).stem
         targets = [_target(outtype, path, plan, fmap, vocab, name) for outtype, path in zip(args.outtype, out_paths)]
         for warning in vocab.warnings + plan.notes + [n for t in targets[1:] for n in t.notes]:

@@ -77,7 +77,7 @@ def _score(fmap, config, kind):
     score += sum(2 for key, accepted in fmap.detect.get("config", {}).items()
                  if any(v in accepted for v in _as_list(lookup(config, key))))
     if kind is not None:
-        score += 3 if kind == fmap.tokenizer else -3
+        score += 3 if kind in fmap.tokenizer_kinds else -3
     return score
 
 

@@ -80,11 +80,13 @@ def _pretrained_config(yaml_path, data, model_config):
 
 
 def _flatten_rope_parameters(config):
-    """transformers 5 writes rope_theta inside "rope_parameters"; older configs keep it at the top level."""
+    """transformers 5 writes rope_theta (and partial_rotary_factor) inside "rope_parameters"; older configs keep them
+    at the top level."""
     rope = config.get("rope_parameters")
-    if isinstance(rope, dict) and "rope_theta" not in config and "rope_theta" in rope:
-        return {**config, "rope_theta": rope["rope_theta"]}
-    return config
+    if not isinstance(rope, dict):
+        return config
+    lifted = {k: rope[k] for k in ("rope_theta", "partial_rotary_factor") if k not in config and k in rope}
+    return {**config, **lifted} if lifted else config
 
 
 def _llama_ffn(hidden_size, multiple_of, ffn_dim_multiplier):
@@ -108,14 +110,29 @@ class HParams(dict):
         self.source[name] = source
 
 
+def _from_config(config, entry):
+    """(value, where) of one config key entry of a map, or None: a key (dotted keys reach into sections), or
+    {"key": k, "times": x} (a value in other units, e.g. ChatGLM's rope_ratio for rope_theta / 10000) with an optional
+    "when": flag (only if the config does not set that flag false, e.g. multi_query_group_num only with
+    multi_query_attention)."""
+    if isinstance(entry, str):
+        entry = {"key": entry}
+    value = lookup(config, entry["key"])
+    if value is None or ("when" in entry and lookup(config, entry["when"]) is False):
+        return None
+    if "times" in entry:
+        value = value * entry["times"]
+    return value, entry["key"] + (f" x {entry['times']:g}" if "times" in entry else "")
+
+
 def resolve(family_map, config, config_path):
     """Canonical values from the config via the map's key lists, defaults and derivations."""
     hp = HParams()
     for name, keys in family_map.config_keys.items():
-        for key in keys:
-            value = lookup(config, key)
-            if value is not None:
-                hp.put(name, value, f"{config_path}: {key}")
+        for entry in keys:
+            found = _from_config(config, entry)
+            if found is not None:
+                hp.put(name, found[0], f"{config_path}: {found[1]}")
                 break
         else:
             if name in family_map.defaults:
@@ -124,8 +141,27 @@ def resolve(family_map, config, config_path):
         if name not in hp:
             raise ConvertError(f"{config_path}: no {name} ({' or '.join(family_map.config_keys.get(name, []))})")
     if "num_kv_heads" not in hp:
-        hp.put("num_kv_heads", hp["num_heads"], "= num_heads (no GQA setting)")
+        hp.put("num_kv_heads", hp["num_heads"], NO_GQA)
     return hp
+
+
+NO_GQA = "= num_heads (no GQA setting)"
+
+
+def _kv_heads_from_shapes(hp, observed):
+    """When the config does not say how many KV heads there are, the K or fused QKV width tells."""
+    if hp.source.get("num_kv_heads") != NO_GQA:
+        return
+    head_dim = int(hp["head_dim"])
+    if "kv_width" in observed:
+        value, what = observed["kv_width"]
+        if value % head_dim == 0:
+            hp.put("num_kv_heads", value // head_dim, f"tensor shapes ({what} / head_dim)")
+    elif "qkv_width" in observed:
+        value, what = observed["qkv_width"]
+        rest = value - hp["num_heads"] * head_dim
+        if rest > 0 and rest % (2 * head_dim) == 0:
+            hp.put("num_kv_heads", rest // (2 * head_dim), f"tensor shapes ({what})")
 
 
 def complete(hp, observed, config_path):
@@ -152,8 +188,18 @@ def complete(hp, observed, config_path):
             raise ConvertError(f"{config_path}: hidden_size {hp['hidden_size']} is not divisible by "
                                f"num_heads {hp['num_heads']}; set head_dim")
         hp.put("head_dim", hp["hidden_size"] // hp["num_heads"], "hidden_size / num_heads")
+    _kv_heads_from_shapes(hp, observed)
     hp.put("q_width", hp["num_heads"] * hp["head_dim"], "num_heads x head_dim")
     hp.put("kv_width", hp["num_kv_heads"] * hp["head_dim"], "num_kv_heads x head_dim")
+    hp.put("qkv_width", hp["q_width"] + 2 * hp["kv_width"], "(num_heads + 2 num_kv_heads) x head_dim")
+    if "qkv_width" in observed and observed["qkv_width"][0] != hp["qkv_width"]:
+        value, what = observed["qkv_width"]
+        raise ConvertError(f"{hp.source['num_heads']} and {hp.source['num_kv_heads']} give (num_heads + 2 "
+                           f"num_kv_heads) x head_dim = {hp['qkv_width']}, but the checkpoint's {what} gives {value}")
+    if "rope_fraction" in hp:       # partial rotary embedding (GLM: the first half of each head)
+        hp.put("rope_dim", int(hp["head_dim"] * float(hp["rope_fraction"])), "head_dim x rope fraction")
+    else:
+        hp.put("rope_dim", hp["head_dim"], "head_dim")
     if "kv_width" in observed:
         value, what = observed["kv_width"]
         if value != hp["kv_width"]:
@@ -175,7 +221,9 @@ def complete(hp, observed, config_path):
             hp.put("ffn_size", derived, "derived from hidden_size, multiple_of and ffn_dim_multiplier "
                    f"in {config_path}")
         check("ffn_size", observed["ffn_size"][0], observed["ffn_size"][1])
-    handled = {"hidden_size", "num_layers", "vocab_size", "head_dim", "kv_width", "q_width", "ffn_size"}
+    if "ffn_size" in hp:
+        hp.put("gate_up_width", 2 * int(hp["ffn_size"]), "2 x ffn_size")     # a fused [gate; up]
+    handled = {"hidden_size", "num_layers", "vocab_size", "head_dim", "kv_width", "q_width", "qkv_width", "ffn_size"}
     for name, (value, what) in observed.items():
         if name not in handled:
             check(name, value, what)

@@ -4,6 +4,7 @@ Architecture knowledge is data. A map is loaded from a path or by the bare name 
 checked against gguf-py's tensor tables so a typo in a GGUF name fails at load time, not in llama.cpp.
 """
 
+import copy
 import fnmatch
 import json
 import re
@@ -16,7 +17,8 @@ from .steps import fan_out
 
 _HERE = Path(__file__).resolve().parent
 SPLITS = {"qkv": 3, "gate_up": 2}
-PERMUTES = {"q", "k", None}
+PERMUTES = {"q", "k", "qkv", None}      # "qkv": the Q and K parts of a fused [Q;K;V] kept fused
+TOKENIZER_KINDS = ("sentencepiece", "bpe")
 
 
 def maps_dir():
@@ -37,9 +39,11 @@ class Rule:
     ``from`` is a pattern with ``{i}`` for the layer (and ``{e}`` for the expert of per-expert tensors, which are
     stacked into one 3-D tensor), or a list of patterns whose tensors are concatenated along the first axis.
     ``steps`` (gguf_out/steps.py) say how the source becomes the targets; the older ``split`` / ``permute`` keys
-    are shorthands for the steps ``{"split": ...}`` and ``{"permute": ...}``. ``ndim`` restricts the rule to
-    tensors of that rank (the training and inference networks save some tensors in different shapes);
-    ``shape`` names the source's dimensions so hyperparameters can be read off it."""
+    are shorthands for the steps ``{"split": ...}`` and ``{"permute": ...}``, ``regroup`` for ``{"regroup": ...}`` (a
+    fused tensor kept fused, in llama.cpp's row order). ``ndim`` restricts the rule to tensors of that rank (the
+    training and inference networks save some tensors in different shapes); ``shape`` names the source's dimensions
+    so hyperparameters can be read off it; ``layout`` names the map's fused_layout entry that decides the rows of
+    this rule's fused tensor, when it is not the one of its kind (e.g. mcore "linear_qkv" beside legacy "w_qkv")."""
 
     def __init__(self, spec, where):
         sources = spec["from"]
@@ -57,18 +61,22 @@ class Rule:
         self.stacked = "{e}" in self.source
         if self.stacked and len(self.sources) > 1:
             raise ConvertError(f"{where}: '{self.source}': per-expert ({{e}}) rules have one pattern")
-        split, permute = spec.get("split"), spec.get("permute")
+        split, permute, regroup = spec.get("split"), spec.get("permute"), spec.get("regroup")
         steps = spec.get("steps")
         if steps is None:
-            if split is not None and split not in SPLITS:
-                raise ConvertError(f"{where}: unknown split '{split}' (known: {', '.join(SPLITS)})")
+            for kind in (split, regroup):
+                if kind is not None and kind not in SPLITS:
+                    raise ConvertError(f"{where}: unknown split or regroup '{kind}' (known: {', '.join(SPLITS)})")
             if isinstance(permute, list) and any(p not in PERMUTES for p in permute) or \
                     not isinstance(permute, list) and permute not in PERMUTES:
-                raise ConvertError(f"{where}: bad 'permute' for '{self.source}' (use \"q\", \"k\" or null per "
-                                   "target)")
-            steps = ([{"split": split}] if split else []) + ([{"permute": permute}] if permute else [])
-        elif split is not None or permute is not None:
-            raise ConvertError(f"{where}: '{self.source}': give 'steps' or 'split' / 'permute', not both")
+                raise ConvertError(f"{where}: bad 'permute' for '{self.source}' (use \"q\", \"k\", \"qkv\" or null "
+                                   "per target)")
+            steps = ([{"split": split}] if split else []) + ([{"regroup": regroup}] if regroup else []) + \
+                ([{"permute": permute}] if permute else [])
+            if steps and len(self.sources) > 1 and not self.stacked:     # the shorthands act on the concatenation
+                steps = [{"concat": 0}] + steps
+        elif split is not None or permute is not None or regroup is not None:
+            raise ConvertError(f"{where}: '{self.source}': give 'steps' or 'split' / 'regroup' / 'permute', not both")
         if not isinstance(steps, list):
             raise ConvertError(f"{where}: '{self.source}': 'steps' must be a list")
         if not steps and len(self.sources) > 1:
@@ -77,8 +85,9 @@ class Rule:
         if len(self.targets) != count:
             raise ConvertError(f"{where}: '{self.source}' needs {count} target names")
         self.steps = steps
-        self.fused = next((s["split"] for s in steps if isinstance(s.get("split"), str) and s["split"] in SPLITS),
-                          None)
+        named = [s.get("split", s.get("regroup")) for s in steps if isinstance(s, dict)]
+        self.fused = next((k for k in named if isinstance(k, str) and k in SPLITS), None)
+        self.layout = spec.get("layout")
         self._regexes = [re.compile("^" + re.escape(p).replace(r"\{i\}", r"(?P<i>\d+)")
                                     .replace(r"\{e\}", r"(?P<e>\d+)") + "$") for p in self.sources]
 
@@ -116,7 +125,8 @@ class FamilyMap:
             self.tokenizer = data.get("tokenizer", "sentencepiece")
             self.tokenizer_pre = data.get("tokenizer_pre")             # llama.cpp pre-tokenizer name (BPE)
             self.tokenizer_specials = data.get("tokenizer_specials", {})   # see gguf_out/vocab_bpe.py
-            self.rope_permute = bool(data.get("rope_permute", False))
+            # true/false, or {"flag": config key}: permute only when the config sets that key (use_rearrange_rope)
+            self.rope_permute = data.get("rope_permute", False)
             self.config_keys = data.get("config", {})
             self.defaults = data.get("defaults", {})
             # {GGUF key: (type, hyperparameter)}; a third entry "optional" writes the key only when the value is known
@@ -150,16 +160,23 @@ class FamilyMap:
             # layers beyond num_layers are this (e.g. multi-token prediction) and are skipped, or None: an error
             self.extra_layers = data.get("extra_layers")
             self.required_why = data.get("required_why", {})   # {required tensor pattern: why it may be missing}
+            # [[dimension, dimension, why]]: hyperparameters the architecture needs equal (llama.cpp's shapes)
+            self.constraints = data.get("constraints", [])
+            # another tokenizer kind the family ships, with its own pre-tokenizer, specials and chat template:
+            # {"sentencepiece": {"tokenizer_pre": ..., "tokenizer_specials": ..., "chat_template": ...}}
+            self.tokenizer_variants = data.get("tokenizer_variants", {})
             skip = data.get("skip", {})
         except (KeyError, TypeError) as err:
             raise ConvertError(f"{where}: malformed map (missing or wrong entry {err})") from None
-        if not isinstance(self.tokenizer_pre, (str, type(None))) or not isinstance(self.tokenizer_specials, dict):
-            raise ConvertError(f"{where}: 'tokenizer_pre' must be a string and 'tokenizer_specials' an object")
         self._check_fused_layout(where)
-        from .templates import FORMATS, lookup
-        if self.chat_template is not None and lookup(self.chat_template) is None:
-            raise ConvertError(f"{where}: unknown chat_template '{self.chat_template}' "
-                               f"(built-in: {', '.join(FORMATS)})")
+        self._check_tokenizers(where)
+        if not isinstance(self.constraints, list) or any(
+                not isinstance(c, list) or len(c) != 3 or not all(isinstance(x, (str, int)) for x in c)
+                for c in self.constraints):
+            raise ConvertError(f"{where}: 'constraints' must be a list of [dimension, dimension, why]")
+        if not (isinstance(self.rope_permute, bool) or (isinstance(self.rope_permute, dict)
+                                                        and isinstance(self.rope_permute.get("flag"), str))):
+            raise ConvertError(f"{where}: 'rope_permute' must be true, false or {{\"flag\": config key}}")
         self.skip_groups = set(skip.get("groups", []))
         self.skip_names = list(skip.get("names", []))
         self.skip_reasons = dict(skip.get("reasons", {}))      # {name pattern: why such entries are skipped}
@@ -167,12 +184,54 @@ class FamilyMap:
 
     def _check_fused_layout(self, where):
         layouts = ("interleaved", "contiguous")
+        named = {rule.layout for rule in self.rules if rule.layout}
         for kind, spec in self.fused_layout.items():
             flags = spec.get("flags", {}) if isinstance(spec, dict) else None
-            if (kind not in SPLITS or not isinstance(flags, dict) or spec.get("default", "interleaved") not in layouts
+            if (kind not in set(SPLITS) | named or not isinstance(flags, dict)
+                    or spec.get("default", "interleaved") not in layouts
                     or any(not isinstance(v, list) or len(v) != 2 or set(v) - set(layouts) for v in flags.values())):
                 raise ConvertError(f"{where}: bad fused_layout entry '{kind}' (want {{\"default\": layout, \"flags\": "
-                                   f"{{config key: [layout if true, layout if false]}}}} for {' or '.join(SPLITS)})")
+                                   f"{{config key: [layout if true, layout if false]}}}} for {' or '.join(SPLITS)} "
+                                   "or a layout a rule names)")
+        for rule in self.rules:
+            if rule.layout and (rule.fused is None or rule.layout not in self.fused_layout):
+                raise ConvertError(f"{where}: '{rule.source}' names the layout '{rule.layout}', which needs a split "
+                                   "or regroup and a fused_layout entry of that name")
+
+    def _check_tokenizers(self, where):
+        from .templates import FORMATS, lookup
+        kinds = {self.tokenizer: self.__dict__, **self.tokenizer_variants}
+        for kind, spec in kinds.items():
+            if kind not in TOKENIZER_KINDS or not isinstance(spec, dict):
+                raise ConvertError(f"{where}: unknown tokenizer kind '{kind}' (known: {', '.join(TOKENIZER_KINDS)})")
+            template = spec.get("chat_template")
+            if template is not None and lookup(template) is None:
+                raise ConvertError(f"{where}: unknown chat_template '{template}' (built-in: {', '.join(FORMATS)})")
+            if not isinstance(spec.get("tokenizer_pre"), (str, type(None))) or \
+                    not isinstance(spec.get("tokenizer_specials", {}), dict):
+                raise ConvertError(f"{where}: 'tokenizer_pre' must be a string and 'tokenizer_specials' an object")
+
+    @property
+    def tokenizer_kinds(self):
+        return [self.tokenizer, *(k for k in self.tokenizer_variants if k != self.tokenizer)]
+
+    def for_tokenizer(self, kind):
+        """This map with the tokenizer settings of ``kind`` (one of tokenizer_kinds; None or the main kind: itself)."""
+        if kind is None or kind == self.tokenizer or kind not in self.tokenizer_variants:
+            return self
+        variant = copy.copy(self)
+        variant.tokenizer = kind
+        spec = self.tokenizer_variants[kind]
+        variant.tokenizer_pre = spec.get("tokenizer_pre")
+        variant.tokenizer_specials = spec.get("tokenizer_specials", {})
+        variant.chat_template = spec.get("chat_template")
+        return variant
+
+    def permutes_rope(self, config):
+        """Whether the checkpoint's Q/K rows are in rotate_half order and must be permuted for llama.cpp."""
+        if isinstance(self.rope_permute, dict):
+            return config.get(self.rope_permute["flag"]) is True
+        return self.rope_permute
 
     def _check_against_gguf(self, where):
         archs = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}

@@ -7,7 +7,7 @@ so the writer can lay out the header before any data and then read each tensor b
 """
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import prod
 
 from msckpt.classify import GROUP_TITLES, group_of
@@ -247,6 +247,7 @@ def build(ckpt, fmap, config, config_path, options):
     groups = group_entries(mapped, ckpt.path)
     hp = hparams.resolve(fmap, config, config_path)
     hparams.complete(hp, _observe(groups, fmap, ckpt.path, hp), config_path)
+    _check_constraints(fmap, hp, ckpt.path)
     num_layers = int(hp["num_layers"])
     notes = _config_notes(config, config_path) + hparams.ignored_settings(fmap, config, config_path)
     routing_notes, facts = moe.check_routing(fmap, hp, config_path, options.allow_inexact)
@@ -260,8 +261,8 @@ def build(ckpt, fmap, config, config_path, options):
         hp.put(name, steps_mod.dim(expression, hp, f"{fmap.path}: derived {name}"), expression)
     outputs = [Output(t.name, X.Source(t), tuple(t.shape), transform=f"generated: {t.what}")
                for t in generated.tensors(fmap, hp, scaling)]
-    ctx = steps_mod.StepContext(hp, layouts, options.train_tp, fmap.rope_permute and options.rope_layout == "hf",
-                                str(ckpt.path))
+    ctx = steps_mod.StepContext(hp, layouts, options.train_tp,
+                                fmap.permutes_rope(config) and options.rope_layout == "hf", str(ckpt.path))
     order = {id(rule): k for k, rule in enumerate(fmap.rules)}
     for group in groups:
         group.rule = _rule_that_holds(fmap, group, hp, ckpt.path)
@@ -272,7 +273,10 @@ def build(ckpt, fmap, config, config_path, options):
                 continue
             raise ConvertError(f"{ckpt.path}: '{group.name}' is layer {group.layer}, but the model has {num_layers} "
                                "layers")
-        built = steps_mod.apply(group.rule.steps, _source_exprs(group), ctx, group.name)
+        rule_ctx = ctx
+        if group.rule.layout:        # this rule's fused tensor follows a named layout entry of the map
+            rule_ctx = replace(ctx, layouts={**layouts, group.rule.fused: layouts[group.rule.layout]})
+        built = steps_mod.apply(group.rule.steps, _source_exprs(group), rule_ctx, group.name)
         for name, (expr, what) in zip(group.rule.target_names(group.layer), built):
             if group.rule.stacked:
                 what = f"{len(group.tensors)} experts stacked" + (", " + what if what else "")
@@ -289,13 +293,14 @@ def build(ckpt, fmap, config, config_path, options):
 
 
 def fused_layouts(fmap, config, options, ckpt=None):
-    """(layouts, note): the row layout of each kind of fused tensor ("qkv", "gate_up"): --fused-layout if given,
+    """(layouts, note): the row layout of each kind of fused tensor ("qkv", "gate_up", and the map's named layouts
+    such as "mcore_qkv"): --fused-layout if given,
     else contiguous for a save of MindFormers' inference network (it keeps [Q; K; V] and [gate; up] whatever the
     yaml says; the map says how to recognise one), else the first of the map's config flags the config sets (e.g.
     use_contiguous_weight_layout_attention), else the map's default. The note says when the save kind decided."""
     inference = _inference_save(fmap, ckpt)
     layouts, note = {}, None
-    for kind in SPLITS:
+    for kind in [*SPLITS, *(k for k in fmap.fused_layout if k not in SPLITS)]:
         spec = fmap.fused_layout.get(kind, {})
         layout = options.fused_layout
         if layout is None and inference:
@@ -318,6 +323,15 @@ def _inference_save(fmap, ckpt):
         return None
     regex = re.compile(spec["tensor"])
     return next((t.name for t in ckpt if regex.search(t.name) and len(t.shape) == spec["ndim"]), None)
+
+
+def _check_constraints(fmap, hp, ckpt_path):
+    """The map's "constraints": dimensions llama.cpp's architecture assumes equal (e.g. chatglm: the query width is
+    the hidden size), so that a model it cannot load is an error here rather than a GGUF llama.cpp rejects."""
+    for left, right, why in fmap.constraints:
+        a, b = (steps_mod.dim(d, hp, f"{fmap.path}: constraint") for d in (left, right))
+        if a != b:
+            raise ConvertError(f"{ckpt_path}: {left} = {a} but {right} = {b}; {why}")
 
 
 def _check_untied_output(outputs, fmap, hp, ckpt_path):

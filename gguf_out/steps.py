@@ -10,8 +10,11 @@ the list; a split fans each one out into several, so the list ends with one expr
     {"split": {"axis": a, "sizes": [...]}}  parts of the given sizes
     {"split": "qkv"} / {"split": "gate_up"}  MindFormers' fused QKV / gate-up tensors, rows laid out as the
                                         fused layout says (interleaved or contiguous, --train-tp blocks)
+    {"regroup": "qkv"} / {"regroup": "gate_up"}  such a tensor kept fused, its rows put in llama.cpp's [Q; K; V] /
+                                        [gate; up] order (unchanged when they already are)
     {"transpose": [axes]}               numpy transpose
-    {"permute": "q" | "k" | [per part]} the rotary Q/K row permutation (HF rotate_half -> llama.cpp NORM rope)
+    {"permute": "q" | "k" | [per part]} the rotary Q/K row permutation (HF rotate_half -> llama.cpp NORM rope);
+                                        "qkv": of the Q and K rows of a [Q; K; V] tensor kept fused
     {"scale": "hyperparameter"}         multiply by that value (skipped when it is 1)
     {"reinterleave": axis}              rope rows stored de-interleaved ([x0, x2, ...; x1, x3, ...]) back to pairs
                                         (the axis is one rope block)
@@ -33,7 +36,7 @@ from . import transforms
 from .errors import ConvertError
 
 NAMED_SPLITS = {"qkv": ("Q", "K", "V"), "gate_up": ("gate", "up")}
-KINDS = ("reshape", "split", "transpose", "permute", "scale", "reinterleave", "concat", "each")
+KINDS = ("reshape", "split", "regroup", "transpose", "permute", "scale", "reinterleave", "concat", "each")
 
 
 @dataclass
@@ -62,6 +65,8 @@ def fan_out(steps, where, count=1):
             if len(counts) != 1:
                 raise ConvertError(f"{where}: the step lists of 'each' must give the same number of tensors")
             count *= counts.pop()
+        elif kind == "regroup" and arg not in NAMED_SPLITS:
+            raise ConvertError(f"{where}: bad regroup {arg!r} (\"qkv\" or \"gate_up\")")
         elif kind == "permute" and isinstance(arg, list) and len(arg) != count:
             raise ConvertError(f"{where}: 'permute' lists {len(arg)} entries for {count} tensors")
     return count
@@ -163,12 +168,27 @@ def _step(kind, arg, expr, ctx, name, k):
         which = arg[k] if isinstance(arg, list) else arg
         if not which or not ctx.permute:
             return [(expr, None)]
+        if which == "qkv":
+            hp = ctx.hp
+            if expr.shape[0] != hp["q_width"] + 2 * hp["kv_width"]:
+                raise ConvertError(f"{where}: {expr.shape[0]} rows, but a fused [Q; K; V] of num_heads "
+                                   f"{hp['num_heads']}, num_kv_heads {hp['num_kv_heads']} and head_dim {hp['head_dim']} "
+                                   f"has {hp['q_width'] + 2 * hp['kv_width']}")
+            rows = transforms.permute_fused_qkv_rows(hp["num_heads"], hp["num_kv_heads"], hp["head_dim"])
+            return [(X.Take(expr, 0, rows), f"rope permutation of Q ({hp['num_heads']} heads) and K "
+                                            f"({hp['num_kv_heads']} heads)")]
         heads = int(ctx.hp["num_heads"] if which == "q" else ctx.hp["num_kv_heads"])
         try:
             rows = transforms.permute_rows(heads, expr.shape[0])
         except ValueError as err:
             raise ConvertError(f"{where}: {err}") from None
         return [(X.Take(expr, 0, rows), f"rope permutation ({heads} heads)")]
+    if kind == "regroup":
+        parts, layout = _fused_rows(arg, expr, ctx, name)
+        rows = np.concatenate(parts)
+        if np.array_equal(rows, np.arange(len(rows))):
+            return [(expr, None)]
+        return [(X.Take(expr, 0, rows), f"regroup {layout} {'QKV' if arg == 'qkv' else 'gate/up'}")]
     if kind == "split":
         if isinstance(arg, str):
             return _named_split(arg, expr, ctx, name, where)
@@ -194,6 +214,13 @@ def _step(kind, arg, expr, ctx, name, k):
 
 def _named_split(kind, expr, ctx, name, where):
     """MindFormers' fused QKV / gate-up tensors: rows picked per the fused layout (transforms.py)."""
+    parts, layout = _fused_rows(kind, expr, ctx, name)
+    return [(X.Take(expr, 0, rows), f"split {layout} {'QKV' if kind == 'qkv' else 'gate/up'}: {label}")
+            for rows, label in zip(parts, NAMED_SPLITS[kind])]
+
+
+def _fused_rows(kind, expr, ctx, name):
+    """([row indices of each part], layout) of a fused QKV / gate-up tensor."""
     hp, layout = ctx.hp, ctx.layouts.get(kind, "interleaved")
     n_rows = expr.shape[0]
     if kind == "qkv":
@@ -208,8 +235,7 @@ def _named_split(kind, expr, ctx, name, where):
             raise ConvertError(f"{ctx.where}: fused gate/up '{name}' has an odd number of rows ({n_rows})")
         tp = rank_blocks(ctx.train_tp, (n_rows // 2,), layout)
         parts = transforms.split_gate_up_rows(n_rows // 2, layout, tp)
-    return [(X.Take(expr, 0, rows), f"split {layout} {'QKV' if kind == 'qkv' else 'gate/up'}: {label}")
-            for rows, label in zip(parts, NAMED_SPLITS[kind])]
+    return parts, layout
 
 
 def rank_blocks(tp, sizes, layout):

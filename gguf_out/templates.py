@@ -156,11 +156,51 @@ CHATML = ChatFormat(
     tokens=("<|im_start|>", "<|im_end|>"),
 )
 
-FORMATS = {f.name: f for f in (LLAMA2_CHAT, LLAMA3_INSTRUCT, CHATML, MISTRAL_INSTRUCT)}
+# ChatGLM3-6B: "[gMASK]sop<|{role}|>\n {content}" per message, then "<|assistant|>". The model ends its turn by
+# writing the next role token (<|user|>, or <|observation|> for a tool call). [gMASK]sop is the prefix GLM's
+# tokenizers put before every text; llama.cpp adds no BOS for GLM (add_bos false), so the template carries it.
+CHATGLM3 = ChatFormat(
+    name="chatglm3",
+    description="ChatGLM3: [gMASK]sop prefix, <|role|> turns, the model stops at <|user|> / <|observation|>",
+    jinja=_jinja("""
+        {%- for message in messages -%}
+            {%- if loop.first -%}{{- '[gMASK]sop' -}}{%- endif -%}
+            {{- '<|' + message['role'] + '|>\\n ' + message['content'] -}}
+        {%- endfor -%}
+        {%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}
+    """),
+    go="""[gMASK]sop{{ range .Messages }}<|{{ .Role }}|>
+ {{ .Content }}
+{{- end }}<|assistant|>""",
+    stops=("<|user|>", "<|observation|>", "<|system|>"),
+    markers=("[gMASK]sop",),
+    tokens=("[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
+)
+
+# GLM-4 (GLM-4-9B-chat, GLM-4-0414, GLM-4.5): "[gMASK]<sop><|{role}|>\n{content}" per message, then "<|assistant|>"
+GLM4 = ChatFormat(
+    name="glm4",
+    description="GLM-4: [gMASK]<sop> prefix, <|role|> turns, the model stops at <|user|> / <|observation|>",
+    jinja=_jinja("""
+        {{- '[gMASK]<sop>' -}}
+        {%- for message in messages -%}
+            {{- '<|' + message['role'] + '|>\\n' + message['content'] -}}
+        {%- endfor -%}
+        {%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}
+    """),
+    go="""[gMASK]<sop>{{ range .Messages }}<|{{ .Role }}|>
+{{ .Content }}
+{{- end }}<|assistant|>""",
+    stops=("<|user|>", "<|observation|>", "<|system|>"),
+    markers=("[gMASK]<sop>",),
+    tokens=("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
+)
+
+FORMATS = {f.name: f for f in (LLAMA2_CHAT, LLAMA3_INSTRUCT, CHATML, MISTRAL_INSTRUCT, CHATGLM3, GLM4)}
 ALIASES = {"llama2": "llama2-chat", "llama3": "llama3-instruct", "qwen": "chatml", "qwen2": "chatml",
-           "mistral": "mistral-instruct"}
+           "mistral": "mistral-instruct", "chatglm4": "glm4", "glm-4": "glm4"}
 # most specific first: a Llama-2 template also contains Mistral's marker
-_RECOGNITION_ORDER = (LLAMA3_INSTRUCT, CHATML, LLAMA2_CHAT, MISTRAL_INSTRUCT)
+_RECOGNITION_ORDER = (LLAMA3_INSTRUCT, CHATML, GLM4, CHATGLM3, LLAMA2_CHAT, MISTRAL_INSTRUCT)
 
 
 def lookup(name):

@@ -24,6 +24,17 @@ def permute_rows(n_heads, n_rows):
     return (np.arange(n_heads)[:, None] * head_dim + within[None, :]).reshape(-1)
 
 
+def permute_fused_qkv_rows(n_heads, n_kv_heads, head_dim):
+    """permute_rows for the Q and K parts of a contiguous [Q; K; V] tensor kept fused; V rows unchanged.
+
+    ChatGLM's use_rearrange_rope stores each Q/K head as [even dims; odd dims] (MindFormers models/glm2
+    convert_weight.py rearrange_w / rearrange_b), which is the rotate_half order: this undoes it
+    (mindformers-layouts.md §6.6).
+    """
+    q, kv = n_heads * head_dim, n_kv_heads * head_dim
+    return np.concatenate([permute_rows(n_heads, q), q + permute_rows(n_kv_heads, kv), np.arange(q + kv, q + 2 * kv)])
+
+
 def split_qkv_rows(n_heads, n_kv_heads, head_dim, layout, train_tp=1):
     """Row indices of Q, K and V inside a fused QKV tensor (mindformers-layouts.md §4.3).
 

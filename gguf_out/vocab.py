@@ -34,6 +34,11 @@ class Vocab:
     warnings: list = field(default_factory=list)
     source: str = ""
 
+    @property
+    def kind(self):
+        """The tokenizer kind of a map ("sentencepiece" or "bpe") this vocabulary came from."""
+        return "sentencepiece" if self.model == "llama" else "bpe"
+
 
 # tokenizer files per map kind, in order of preference ("bpe": byte-level BPE, see vocab_bpe.py)
 TOKENIZER_FILES = {
@@ -43,14 +48,23 @@ TOKENIZER_FILES = {
 TOKENIZER_FILES[None] = ("tokenizer.model", "tokenizer.json", "vocab.json", "*.tiktoken")
 
 
-def find_tokenizer(ckpt_path, kind=None):
-    """A tokenizer file of the given kind beside the checkpoint (or inside it, for a checkpoint directory)."""
+def tokenizer_patterns(kinds):
+    """The tokenizer file names to look for, in order, for one kind or a list of kinds (a map's tokenizer_kinds)."""
+    kinds = [kinds] if kinds is None or isinstance(kinds, str) else kinds
+    patterns = []
+    for kind in kinds:
+        patterns += [p for p in TOKENIZER_FILES.get(kind, TOKENIZER_FILES[None]) if p not in patterns]
+    return patterns
+
+
+def find_tokenizer(ckpt_path, kinds=None):
+    """A tokenizer file of the given kind(s) beside the checkpoint (or inside it, for a checkpoint directory)."""
     path = Path(ckpt_path).resolve()
-    return _tokenizer_in(path if path.is_dir() else path.parent, kind)
+    return _tokenizer_in(path if path.is_dir() else path.parent, kinds)
 
 
-def _tokenizer_in(folder, kind):
-    for pattern in TOKENIZER_FILES.get(kind, TOKENIZER_FILES[None]):
+def _tokenizer_in(folder, kinds):
+    for pattern in tokenizer_patterns(kinds):
         found = sorted(p for p in folder.glob(pattern) if p.is_file())
         if found:
             return found[0]
@@ -58,21 +72,25 @@ def _tokenizer_in(folder, kind):
 
 
 def load_tokenizer(path, family_map):
-    """The GGUF vocabulary for the tokenizer kind the family map names (``path`` may be a directory)."""
-    kind = family_map.tokenizer
+    """The GGUF vocabulary for the tokenizer kind the family map names (``path`` may be a directory). A map with
+    several tokenizer kinds (ChatGLM: SentencePiece for ChatGLM2/3, BPE for GLM-4) takes the kind of the file."""
+    kinds = family_map.tokenizer_kinds
     path = Path(path)
     if path.is_dir() or path.name == "tokenizer_config.json":
         folder = path if path.is_dir() else path.parent
-        path = _tokenizer_in(folder, kind)
+        path = _tokenizer_in(folder, kinds)
         if path is None:
-            raise ConvertError(f"{folder}: no tokenizer file in it (looked for "
-                               f"{', '.join(TOKENIZER_FILES.get(kind, TOKENIZER_FILES[None]))})")
+            raise ConvertError(f"{folder}: no tokenizer file in it (looked for {', '.join(tokenizer_patterns(kinds))})")
+    if len(kinds) > 1:
+        from .detect import tokenizer_kind
+        family_map = family_map.for_tokenizer(tokenizer_kind(path) if path.is_file() else None)
+    kind = family_map.tokenizer
     if kind == "sentencepiece":
         from .vocab_bpe import is_tiktoken
         if path.suffix == ".json" or path.suffix == ".tiktoken" or is_tiktoken(path):
             raise ConvertError(f"{path}: a byte-level BPE tokenizer, but the map '{family_map.family}' expects a "
                                "SentencePiece tokenizer.model")
-        return load_sentencepiece(path)
+        return load_sentencepiece(path, family_map.tokenizer_pre, family_map.tokenizer_specials)
     if kind == "bpe":
         from .vocab_bpe import load_bpe
         return load_bpe(path, family_map.tokenizer_pre, family_map.tokenizer_specials,
@@ -80,7 +98,10 @@ def load_tokenizer(path, family_map):
     raise ConvertError(f"{family_map.path}: unsupported tokenizer kind '{family_map.tokenizer}'")
 
 
-def load_sentencepiece(path):
+def load_sentencepiece(path, pre=None, specials=None):
+    """``pre``: tokenizer.ggml.pre (llama.cpp ignores it for SentencePiece; written as its converter does);
+    ``specials``: the map's tokenizer_specials — tokens the tokenizer code appends after the model's pieces (ChatGLM3's
+    [gMASK], sop, <|user|>, ...), role tokens and add_bos, filling only what the files leave unsaid."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -103,8 +124,16 @@ def load_sentencepiece(path):
         # converter writes user-defined pieces of the .model as NORMAL.
         kind = piece.type if 1 <= piece.type <= 6 else TokenType.NORMAL
         types.append(TokenType.NORMAL if kind == TokenType.USER_DEFINED else kind)
+    specials = specials or {}
+    from .vocab_bpe import _map_specials
+    for _, text, special in _map_specials(specials, len(tokens), str(path)):
+        if text in tokens:
+            raise ConvertError(f"{path}: the map's special token {text!r} is already a piece of the model")
+        tokens.append(text)
+        scores.append(0.0)
+        types.append(TokenType.CONTROL if special else TokenType.USER_DEFINED)
     spec = model.trainer_spec
-    vocab = Vocab("llama", tokens, scores, types, source=str(path))
+    vocab = Vocab("llama", tokens, scores, types, source=str(path), pre=pre)
     for name, value in (("unk", spec.unk_id), ("bos", spec.bos_id), ("eos", spec.eos_id), ("pad", spec.pad_id)):
         if 0 <= value < len(tokens):
             vocab.special[name] = value
@@ -114,6 +143,11 @@ def load_sentencepiece(path):
         vocab.warnings.append(f"{path}: normalizer '{norm.name}' is ignored by llama.cpp; tokenization of some "
                               "texts (unusual whitespace, compatibility characters) may differ")
     _apply_tokenizer_config(vocab, path.parent / "tokenizer_config.json")
+    for role in ("bos", "eos", "eot", "unk", "pad"):
+        if role not in vocab.special and specials.get(role) in tokens:
+            vocab.special[role] = tokens.index(specials[role])
+    if vocab.add_bos is None and isinstance(specials.get("add_bos"), bool):
+        vocab.add_bos = specials["add_bos"]
     return vocab
 
 

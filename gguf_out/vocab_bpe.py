@@ -312,13 +312,23 @@ def _added_from_config(path, config, already):
 
 
 def _template_hints(post):
-    """bos/eos added by a TemplateProcessing post-processor (how Llama 3's tokenizer.json adds <|begin_of_text|>)."""
+    """bos/eos added by a TemplateProcessing post-processor (how Llama 3's tokenizer.json adds <|begin_of_text|>).
+
+    GLM-4's adds two tokens, [gMASK]<sop>: that is no BOS llama.cpp could add; it is reported as a "prefix" (llama.cpp
+    gets it from the chat template)."""
     steps = post.get("processors", [post]) if isinstance(post, dict) else []
     for step in steps:
         if isinstance(step, dict) and step.get("type") == "TemplateProcessing":
-            single = step.get("single") or []
-            first = single[0].get("SpecialToken", {}).get("id") if single and isinstance(single[0], dict) else None
-            last = single[-1].get("SpecialToken", {}).get("id") if single and isinstance(single[-1], dict) else None
+            single = [item for item in step.get("single") or [] if isinstance(item, dict)]
+            lead = []
+            for item in single:
+                if "SpecialToken" not in item:
+                    break
+                lead.append(item["SpecialToken"].get("id"))
+            if len(lead) > 1:
+                return {"prefix": lead}
+            first = lead[0] if lead else None
+            last = single[-1].get("SpecialToken", {}).get("id") if single and len(single) > len(lead) else None
             return {"bos": first, "add_bos": first is not None, "eos": last, "add_eos": last is not None}
     return {}
 
@@ -396,6 +406,10 @@ def _apply_roles(vocab, path, config, hints, specials):
             vocab.special[role] = index[name]
         elif name is not None:
             vocab.warnings.append(f"{path}: the {role} token {name!r} is not in the vocabulary; no {role} id written")
+    prefix = hints.get("prefix")
+    if prefix and list(prefix) != list(specials.get("prefix", [])):
+        vocab.warnings.append(f"{path}: the tokenizer puts {''.join(prefix)} before every text, which llama.cpp "
+                              "cannot do (it adds at most one BOS token); put it in the chat template or the prompt")
     # add_bos is always written: llama.cpp's default depends on the pre-tokenizer (gguf-targets.md §3.2)
     vocab.add_bos = bool(_first_bool(config.get("add_bos_token"), hints.get("add_bos"), specials.get("add_bos")))
     vocab.add_eos = _first_bool(config.get("add_eos_token"), hints.get("add_eos"), specials.get("add_eos"))

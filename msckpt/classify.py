@@ -28,6 +28,7 @@ TRAINING_SCALARS = frozenset((
 BUFFER_SUFFIXES = (
     ".key_cache", ".value_cache", ".hot_expert_index", ".cold_expert_index", ".expert_load", ".pi_cache",
     ".fi_cache", ".fi_accu", ".expert_mapping", ".num_tokens_per_expert", ".max_logits_val",
+    ".rotary_pos_emb.inv_freq", ".rotary_emb.inv_freq",
 )
 
 GROUPS = ("weights", "optimizer", "training", "buffers", "strings", "unsupported")

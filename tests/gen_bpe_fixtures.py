@@ -4,16 +4,23 @@ Run with the fixture venv, which has `tokenizers` and `tiktoken` (not needed by 
 
     /work/venv-mf/bin/python tests/gen_bpe_fixtures.py
 
-For each family (Llama 3: pre-tokenizer ``llama-bpe``; Qwen2/2.5/3: ``qwen2``) a tokenizer is trained with that
-family's split regex, byte-level alphabet and BPE options (Llama 3 ``ignore_merges``, Qwen2 NFC normalizer), its
-special tokens are added after the base vocabulary as the real tokenizers number them, and it is written in each
-on-disk form ms2gguf reads:
+For each family (Llama 3: pre-tokenizer ``llama-bpe``; Qwen2/2.5/3: ``qwen2``; GLM-4: ``chatglm-bpe``) a tokenizer
+is trained with that family's split regex, byte-level alphabet and BPE options (Llama 3 ``ignore_merges``, Qwen2 NFC
+normalizer), its special tokens are added after the base vocabulary as the real tokenizers number them, and it is
+written in each on-disk form ms2gguf reads:
 
 * ``hf/tokenizer.json`` (+ a tokenizer_config.json with bos/eos/chat template, as HF repos ship it);
 * ``vocab/vocab.json`` + ``vocab/merges.txt`` + ``vocab/tokenizer_config.json`` (added tokens in
   ``added_tokens_decoder``, as Qwen2 ships them);
-* ``tiktoken/tokenizer.model`` (Llama 3's Meta format) or ``tiktoken/qwen.tiktoken``: ``base64(bytes) rank`` lines,
-  rank = token id, with no special tokens (they come from the family map).
+* ``tiktoken/tokenizer.model`` (Llama 3's Meta format, GLM-4-9B's ``ChatGLM4Tokenizer`` file) or
+  ``tiktoken/qwen.tiktoken``: ``base64(bytes) rank`` lines, rank = token id, with no special tokens (they come from the
+  family map).
+
+GLM-4's tokenizers put two tokens, ``[gMASK]<sop>``, before every text (``tokenizer.json``'s TemplateProcessing,
+``ChatGLM4Tokenizer.get_prefix_tokens``); llama.cpp cannot add a two-token prefix, it gets it from the chat template,
+so GLM-4's expected encodings are without it (``prefix`` holds its ids) and the generator checks the prefixed form
+separately. The GLM-4 rank file is also read by MindFormers' own ``ChatGLM4Tokenizer`` (MindFormers 2.1.0), whose
+encodings of the plain strings must equal tiktoken's.
 
 ``expected.json`` holds the test strings with their encodings by `tokenizers` (special tokens added as the family
 does) and by `tiktoken` over the rank file (the truth for the tiktoken form; the generator checks both agree), the
@@ -53,11 +60,18 @@ QWEN2_SPECIALS = [(t, True) for t in (
     "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
     "<|repo_name|>", "<|file_sep|>")]
 
+# GLM-4's added tokens (ChatGLM4Tokenizer.special_tokens, MindFormers models/glm2/glm4_tokenizer.py; ids from 151329)
+GLM4_SPECIALS = [(t, True) for t in (
+    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
+    "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>")]
+
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 LLAMA3_CHAT = ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
                "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
                "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+GLM4_CHAT = ("[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{% endfor %}"
+             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 FAMILIES = {
     "llama3": dict(pre="llama-bpe", split=LLAMA3_SPLIT, ignore_merges=True, nfc=False, vocab_size=1000,
@@ -66,6 +80,11 @@ FAMILIES = {
     "qwen2": dict(pre="qwen2", split=QWEN2_SPLIT, ignore_merges=False, nfc=True, vocab_size=550,
                   specials=QWEN2_SPECIALS, bos=None, eos="<|im_end|>", eot="<|im_end|>", pad="<|endoftext|>",
                   add_bos=False, tiktoken_name="qwen.tiktoken", chat=CHATML),
+    # GLM-4-9B / GLM-4-0414: GLM's split regex is Llama 3's, but merges are not ignored; [gMASK]<sop> prefix
+    "glm4": dict(pre="chatglm-bpe", split=LLAMA3_SPLIT, ignore_merges=False, nfc=False, vocab_size=420,
+                 specials=GLM4_SPECIALS, bos="[gMASK]", eos="<|endoftext|>", eot="<|user|>", pad="<|endoftext|>",
+                 add_bos=False, prefix=("[gMASK]", "<sop>"), config_bos=None, tiktoken_name="tokenizer.model",
+                 chat=GLM4_CHAT),
 }
 
 MULTILINGUAL = """
@@ -118,6 +137,10 @@ SPECIAL_STRINGS = {
         "<|fim_prefix|>def f():<|fim_suffix|>\n<|fim_middle|>",
         "text<|endoftext|>",
     ],
+    "glm4": [
+        "[gMASK]<sop><|system|>\nYou are helpful.<|user|>\nHi there!<|assistant|>\n",
+        "<|observation|>x<|endoftext|>[MASK]<eop>",
+    ],
 }
 
 
@@ -143,7 +166,13 @@ def train(spec):
     tok.train_from_iterator(corpus(), trainer)
     base = tok.get_vocab_size()
     tok.add_tokens([AddedToken(text, special=special, normalized=False) for text, special in spec["specials"]])
-    if spec["add_bos"]:
+    if spec.get("prefix"):
+        first, second = spec["prefix"]
+        tok.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single=f"{first} {second} $A", pair=f"{first} {second} $A $B:1",
+                                          special_tokens=[(t, tok.token_to_id(t)) for t in spec["prefix"]])])
+    elif spec["add_bos"]:
         bos_id = tok.token_to_id(spec["bos"])
         tok.post_processor = processors.Sequence([
             processors.ByteLevel(trim_offsets=False),
@@ -181,7 +210,7 @@ def write_family(name, spec):
         assert tok.token_to_id(text) == token_id, (text, token_id)
 
     roles = {role: spec[role] for role in ("bos", "eos", "eot", "pad") if spec[role]}
-    short_config = {"bos_token": spec["bos"], "eos_token": spec["eos"], "chat_template": spec["chat"],
+    short_config = {"bos_token": spec.get("config_bos", spec["bos"]), "eos_token": spec["eos"], "chat_template": spec["chat"],
                     "tokenizer_class": "PreTrainedTokenizerFast"}
     if spec["pad"]:
         short_config["pad_token"] = spec["pad"]
@@ -205,14 +234,20 @@ def write_family(name, spec):
     encoding = tiktoken.Encoding(name, pat_str=spec["split"], mergeable_ranks=ranks,
                                  special_tokens={text: token_id for token_id, text, _ in specials})
     strings = STRINGS + SPECIAL_STRINGS[name]
-    by_tokenizers = [tok.encode(s, add_special_tokens=True).ids for s in strings]
+    prefix = [tok.token_to_id(t) for t in spec.get("prefix", ())]
+    by_tokenizers = [tok.encode(s, add_special_tokens=not prefix).ids for s in strings]
+    if prefix:      # what the tokenizer adds itself, which llama.cpp leaves to the chat template
+        assert all(tok.encode(s).ids == prefix + ids for s, ids in zip(strings, by_tokenizers))
     bos = [tok.token_to_id(spec["bos"])] if spec["add_bos"] else []
     by_tiktoken = [bos + encoding.encode(s, allowed_special="all") for s in strings]
     differ = [s for s, a, b in zip(strings, by_tokenizers, by_tiktoken) if a != b]
     assert not differ, f"{name}: tokenizers and tiktoken disagree on {differ}"
+    if name == "glm4":
+        check_with_mindformers(folder / "tiktoken" / spec["tiktoken_name"], STRINGS, by_tiktoken[:len(STRINGS)])
     expected = {
         "family": name, "pre": spec["pre"], "base_vocab": base, "n_tokens": base + len(specials),
         "n_merges": len(model["model"]["merges"]), "add_bos": spec["add_bos"],
+        **({"prefix": prefix} if prefix else {}),
         "roles": {role: tok.token_to_id(text) for role, text in roles.items()},
         "specials": [[token_id, text, special] for token_id, text, special in specials],
         "strings": strings, "tokenizers": by_tokenizers, "tiktoken": by_tiktoken,
@@ -225,9 +260,32 @@ def write_family(name, spec):
           f"{len(strings)} strings, {size / 1024:.0f} KiB")
 
 
-def main():
-    for name, spec in FAMILIES.items():
-        write_family(name, spec)
+def check_with_mindformers(rank_file, strings, want):
+    """MindFormers 2.1.0's own ChatGLM4Tokenizer reads the rank file and encodes the plain strings like tiktoken."""
+    import os
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="gen_bpe_mindformers_")     # MindFormers' logs and ./output go here
+    os.environ.setdefault("LOG_MF_PATH", scratch)
+    os.environ.setdefault("LOCAL_DEFAULT_PATH", scratch)
+    from mindformers.models.glm2.glm4_tokenizer import ChatGLM4Tokenizer
+
+    mf = ChatGLM4Tokenizer(str(rank_file))
+    got = [mf.tokenizer.encode(s, disallowed_special=()) for s in strings]
+    differ = [s for s, a, b in zip(strings, got, want) if a != b]
+    assert not differ, f"MindFormers' ChatGLM4Tokenizer disagrees with tiktoken on {differ}"
+
+
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("families", nargs="*", help=f"families to write: {', '.join(FAMILIES)} (default: all)")
+    names = ap.parse_args(argv).families or list(FAMILIES)
+    unknown = set(names) - set(FAMILIES)
+    if unknown:
+        ap.error(f"unknown families {sorted(unknown)}")
+    for name in names:
+        write_family(name, FAMILIES[name])
 
 
 if __name__ == "__main__":

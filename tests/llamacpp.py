@@ -33,6 +33,7 @@ __all__ = [
     "quantize_chunk",
     "row_size",
     "validate_row_data",
+    "apply_builtin_chat_template",
     "GGML_TYPE_F32",
     "GGML_TYPE_F16",
 ]
@@ -67,6 +68,12 @@ class LlamaBatch(ctypes.Structure):
         ("seq_id", ctypes.POINTER(ctypes.POINTER(llama_seq_id))),
         ("logits", ctypes.POINTER(ctypes.c_int8)),
     ]
+
+
+class LlamaChatMessage(ctypes.Structure):
+    """``struct llama_chat_message``."""
+
+    _fields_ = [("role", ctypes.c_char_p), ("content", ctypes.c_char_p)]
 
 
 # void (*ggml_log_callback)(enum ggml_log_level level, const char * text, void * user_data)
@@ -124,6 +131,8 @@ def library() -> ctypes.CDLL:
     # metadata
     _declare(lib, "llama_model_meta_val_str", c_int32, p, c_char_p, ctypes.c_char_p, c_size_t)
     _declare(lib, "llama_model_chat_template", c_char_p, p, c_char_p)
+    _declare(lib, "llama_chat_apply_template", c_int32,
+             c_char_p, ctypes.POINTER(LlamaChatMessage), c_size_t, c_bool, ctypes.c_char_p, c_int32)
     # evaluation
     _declare(lib, "llama_get_memory", p, p)
     _declare(lib, "llama_memory_clear", None, p, c_bool)
@@ -378,6 +387,23 @@ def quantize_chunk(ggml_type: int, data: np.ndarray) -> bytes:
     if written != len(out):
         raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {len(out)}")
     return out.raw
+
+
+def apply_builtin_chat_template(name: str, messages, add_assistant: bool = True) -> str:
+    """A conversation rendered by one of llama.cpp's built-in C++ chat formats (``llama_chat_apply_template`` with a
+    format name such as ``"chatglm4"``; no model needed)."""
+    lib = library()
+    chat = (LlamaChatMessage * len(messages))(
+        *[LlamaChatMessage(m["role"].encode(), m["content"].encode()) for m in messages])
+    size = 256
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = lib.llama_chat_apply_template(name.encode(), chat, len(messages), add_assistant, buf, size)
+        if n < 0:
+            raise ValueError(f"llama.cpp has no built-in chat template '{name}'")
+        if n <= size:
+            return buf.raw[:n].decode("utf-8")
+        size = n + 1
 
 
 def validate_row_data(ggml_type: int, data) -> bool:

@@ -27,8 +27,8 @@ HAVE_LLAMACPP = importlib.util.find_spec("xllamacpp") is not None
 needs_llamacpp = pytest.mark.skipif(not HAVE_LLAMACPP, reason="xllamacpp (test extra) is not installed")
 
 BPE = FIXTURES / "bpe"
-FAMILIES = ("llama3", "qwen2")
-TIKTOKEN = {"llama3": "tiktoken/tokenizer.model", "qwen2": "tiktoken/qwen.tiktoken"}
+FAMILIES = ("llama3", "qwen2", "glm4")
+TIKTOKEN = {"llama3": "tiktoken/tokenizer.model", "qwen2": "tiktoken/qwen.tiktoken", "glm4": "tiktoken/tokenizer.model"}
 
 # the families' tokenizer entries as a map writes them (the Llama 3 list in its compact range form)
 MAP_TOKENIZER = {
@@ -48,6 +48,12 @@ MAP_TOKENIZER = {
                    {"content": "<|repo_name|>", "special": False}, {"content": "<|file_sep|>", "special": False}],
         "bos": "<|endoftext|>", "eos": "<|im_end|>", "eot": "<|im_end|>", "pad": "<|endoftext|>",
         "add_bos": False}},
+    "glm4": {"tokenizer_pre": "chatglm-bpe", "tokenizer_specials": {
+        "tokens": ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
+                   "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>",
+                   "<|begin_of_video|>", "<|end_of_video|>"],
+        "bos": "[gMASK]", "eos": "<|endoftext|>", "eot": "<|user|>", "pad": "<|endoftext|>", "add_bos": False,
+        "prefix": ["[gMASK]", "<sop>"]}},
 }
 
 
@@ -320,7 +326,13 @@ def test_padding_to_embedding_rows():
         pad_to(vocab, 575)
 
 
-@pytest.mark.parametrize("name,family", [("llama3", "llama3"), ("qwen2", "qwen2"), ("qwen3", "qwen2")])
+# llama.cpp reads GLM-4's pre-tokenizer under either name (both its CHATGLM4 type); its converter writes "glm4" for
+# GLM-4-0414 (arch glm4)
+PRE_NAMES = {"glm4": {"chatglm-bpe": "chatglm-bpe", "glm4": "glm4"}}
+
+
+@pytest.mark.parametrize("name,family", [("llama3", "llama3"), ("qwen2", "qwen2"), ("qwen3", "qwen2"),
+                                         ("chatglm", "glm4"), ("glm4", "glm4")])
 def test_bundled_map_matches_the_family(name, family):
     """When the bundled family map exists, its tokenizer entries agree with the family's real special tokens."""
     path = maps_dir() / f"{name}.json"
@@ -328,7 +340,8 @@ def test_bundled_map_matches_the_family(name, family):
         pytest.skip(f"no bundled map {name}.json yet")
     data = json.loads(path.read_text())
     exp = expected(family)
-    assert data.get("tokenizer") == "bpe" and data.get("tokenizer_pre") == exp["pre"]
+    assert data.get("tokenizer") == "bpe"
+    assert data.get("tokenizer_pre") == PRE_NAMES.get(family, {}).get(name, exp["pre"])
     specials = data.get("tokenizer_specials", {})
     if "tokens" in specials:        # Qwen's files always list their added tokens; Meta's tiktoken file does not
         listed = _map_specials(specials, exp["base_vocab"], path.name)
@@ -336,6 +349,11 @@ def test_bundled_map_matches_the_family(name, family):
     texts = {text for _, text, _ in exp["specials"]}
     assert all(specials[role] in texts for role in ("bos", "eos", "eot", "pad", "unk") if role in specials)
     assert specials.get("add_bos") == exp["add_bos"]
+    assert [index_of(exp, t) for t in specials.get("prefix", [])] == exp.get("prefix", [])
+
+
+def index_of(exp, text):
+    return next(i for i, t, _ in exp["specials"] if t == text)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 The reference templates below are the ``chat_template`` strings of the families' published
 ``tokenizer_config.json`` files (Llama-2-chat, Meta-Llama-3-Instruct, Qwen2-Instruct, Mistral-7B-Instruct-v0.1,
-and plain ChatML). They are rendered with jinja2 the way transformers does (sandboxed, trim_blocks,
+plain ChatML, ChatGLM3-6B, and GLM-4-9B-chat's without its tool-use branch). The GLM formats are also compared with
+llama.cpp's own built-in chatglm3 / chatglm4 formats. They are rendered with jinja2 the way transformers does (sandboxed, trim_blocks,
 lstrip_blocks, with messages, bos_token, eos_token, add_generation_prompt and raise_exception).
 
 The Go templates cannot be run here (no Go, no Ollama), so ``go_render`` below interprets the small part of
@@ -17,7 +18,7 @@ from conftest import LLAMA, TOKENIZER, convert
 from gguf import GGUFReader
 
 from gguf_out import templates
-from gguf_out.templates import CHATML, FORMATS, LLAMA2_CHAT, LLAMA3_INSTRUCT, MISTRAL_INSTRUCT
+from gguf_out.templates import CHATGLM3, CHATML, FORMATS, GLM4, LLAMA2_CHAT, LLAMA3_INSTRUCT, MISTRAL_INSTRUCT
 
 jinja2 = pytest.importorskip("jinja2")
 from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: E402
@@ -57,9 +58,22 @@ REF_MISTRAL = (
     "'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles "
     "are supported!') }}{% endif %}{% endfor %}")
 
-# the special tokens each family's tokenizer passes as bos_token / eos_token
+# THUDM/chatglm3-6b
+REF_CHATGLM3 = (
+    "{% for message in messages %}{% if loop.first %}[gMASK]sop<|{{ message['role'] }}|>\n {{ message['content'] }}"
+    "{% else %}<|{{ message['role'] }}|>\n {{ message['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+# THUDM/glm-4-9b-chat without the branch that writes the tool list into a system message (item['tools'])
+REF_GLM4 = (
+    "[gMASK]<sop>{% for item in messages %}{% if item['content'] %}<|{{ item['role'] }}|>{{ item['metadata'] }}\n"
+    "{{ item['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+# the special tokens each family's tokenizer passes as bos_token / eos_token (GLM's add no BOS: the template has
+# the [gMASK]<sop> prefix)
 SPECIALS = {"llama2-chat": ("<s>", "</s>"), "mistral-instruct": ("<s>", "</s>"),
-            "llama3-instruct": ("<|begin_of_text|>", "<|eot_id|>"), "chatml": ("", "<|im_end|>")}
+            "llama3-instruct": ("<|begin_of_text|>", "<|eot_id|>"), "chatml": ("", "<|im_end|>"),
+            "chatglm3": ("", "</s>"), "glm4": ("", "<|endoftext|>")}
 
 SYSTEM = {"role": "system", "content": "You are a terse assistant."}
 TURNS = [{"role": "user", "content": "Hello, who are you?"},
@@ -75,6 +89,8 @@ CASES = [
     (CHATML, REF_CHATML, list(CONVERSATIONS)),
     (CHATML, REF_QWEN2, ["with system", "one turn"]),      # Qwen2 adds a default system prompt when there is none
     (MISTRAL_INSTRUCT, REF_MISTRAL, ["without system"]),   # v0.1 has no system role
+    (CHATGLM3, REF_CHATGLM3, list(CONVERSATIONS)),
+    (GLM4, REF_GLM4, list(CONVERSATIONS)),
 ]
 
 
@@ -107,6 +123,32 @@ def test_the_references_differ_from_each_other():
     rendered = {fmt.name: hf_render(fmt.jinja, WITHOUT_SYSTEM, fmt.name) for fmt in FORMATS.values()}
     assert len(set(rendered.values())) == len(FORMATS)
     assert hf_render(REF_QWEN2, WITHOUT_SYSTEM, "chatml") != hf_render(CHATML.jinja, WITHOUT_SYSTEM, "chatml")
+
+
+def test_glm_renderings_in_full():
+    """ChatGLM3 and GLM-4 prompts spelled out: the [gMASK] prefix, role tokens, no end-of-turn token (the model
+    ends its turn by writing the next role token)."""
+    assert hf_render(CHATGLM3.jinja, ONE_TURN, "chatglm3") == (
+        "[gMASK]sop<|system|>\n You are a terse assistant.<|user|>\n Hello, who are you?<|assistant|>")
+    assert hf_render(GLM4.jinja, ONE_TURN, "glm4") == (
+        "[gMASK]<sop><|system|>\nYou are a terse assistant.<|user|>\nHello, who are you?<|assistant|>")
+
+
+LLAMA_CPP_BUILTIN = {"chatglm3": "chatglm3", "glm4": "chatglm4"}
+
+
+@pytest.mark.parametrize("fmt", [CHATGLM3, GLM4], ids=lambda f: f.name)
+def test_glm_formats_render_like_llama_cpp_builtin_templates(fmt):
+    """llama.cpp's C++ chatglm3 / chatglm4 formats (what it uses when it recognises the template) give the same
+    prompt; its chatglm4 also opens the assistant's line with a newline, which GLM-4 writes itself."""
+    llamacpp = pytest.importorskip("llamacpp")
+    pytest.importorskip("xllamacpp")
+    for key, messages in CONVERSATIONS.items():
+        ours = hf_render(fmt.jinja, messages, fmt.name)
+        theirs = llamacpp.apply_builtin_chat_template(LLAMA_CPP_BUILTIN[fmt.name], messages, add_assistant=True)
+        assert (theirs.removesuffix("\n") if fmt is GLM4 else theirs) == ours, key
+    assert llamacpp.apply_builtin_chat_template("chatglm4", WITH_SYSTEM, True) != \
+        llamacpp.apply_builtin_chat_template("chatglm3", WITH_SYSTEM, True)
 
 
 def test_llama2_rendering_in_full():
@@ -285,7 +327,9 @@ def test_stop_tokens_end_the_models_turn(fmt):
                                                 {"role": "user", "content": "More."}])
     between = rendered[rendered.index("Red.") + 4:rendered.index("More.")]
     assert any(stop in between for stop in fmt.stops), between
-    assert all(stop in fmt.go for stop in fmt.stops)
+    # each stop is written by the template: literally, or as a GLM role token <|{{ .Role }}|>
+    role_token = "<|{{ .Role }}|>" in fmt.go
+    assert all(stop in fmt.go or (role_token and stop.startswith("<|") and stop.endswith("|>")) for stop in fmt.stops)
     assert '"""' not in fmt.go      # it goes between """ quotes in the Modelfile
 
 
@@ -295,6 +339,8 @@ def test_recognise_published_templates():
     assert templates.recognise(REF_QWEN2) is CHATML
     assert templates.recognise(REF_CHATML) is CHATML
     assert templates.recognise(REF_MISTRAL) is MISTRAL_INSTRUCT
+    assert templates.recognise(REF_CHATGLM3) is CHATGLM3
+    assert templates.recognise(REF_GLM4) is GLM4
     for fmt in FORMATS.values():
         assert templates.recognise(fmt.jinja) is fmt
     assert templates.recognise("{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}") is None
@@ -303,6 +349,7 @@ def test_recognise_published_templates():
 def test_lookup_by_alias():
     assert templates.lookup("qwen") is CHATML and templates.lookup("llama3") is LLAMA3_INSTRUCT
     assert templates.lookup("llama2-chat") is LLAMA2_CHAT and templates.lookup("alpaca") is None
+    assert templates.lookup("chatglm4") is GLM4 and templates.lookup("chatglm3") is CHATGLM3
 
 
 # --- which template a conversion writes --------------------------------------------------------------------------
@@ -383,7 +430,7 @@ def test_unknown_template_name_is_an_error(tmp_path, capsys):
     assert convert(MHA, out, "--chat-template", "alpaca") == 1
     err = capsys.readouterr().err.strip()
     assert err == ("ms2gguf: error: --chat-template alpaca: neither a built-in template (llama2-chat, "
-                   "llama3-instruct, chatml, mistral-instruct, none) nor a file")
+                   "llama3-instruct, chatml, mistral-instruct, chatglm3, glm4, none) nor a file")
     assert not out.exists()
 
 

@@ -83,7 +83,7 @@ def cmd_check(argv):
 
 
 def cmd_convert(argv):
-    from .convert import main as convert_main
+    from .conversion import main as convert_main
     return convert_main(argv)
 
 
@@ -91,7 +91,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         if argv:
-            from .convert import build_parser
+            from .conversion import build_parser
             build_parser().print_help()
             print()
         print(USAGE)

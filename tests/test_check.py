@@ -546,7 +546,7 @@ def test_converter_output_passes(tmp_path, variant, capsys):
 
 def test_converter_refuses_output_that_fails_the_check(tmp_path, monkeypatch, capsys):
     """A defect in what the converter writes (here: an i32 context length) stops it before OUT appears."""
-    from gguf_out import convert as convert_module
+    from gguf_out import conversion as convert_module
 
     real = convert_module.metadata.build
 

@@ -117,7 +117,7 @@ def test_not_a_checkpoint(tmp_path, capsys):
 
 def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     """An error in the middle of the data phase removes the temporary file; OUT never appears."""
-    from gguf_out import convert as convert_module
+    from gguf_out import conversion as convert_module
 
     calls = []
 

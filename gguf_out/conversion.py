@@ -9,15 +9,16 @@ import time
 from pathlib import Path
 
 from gguf import GGMLQuantizationType
-from tqdm import tqdm
 
 from msckpt import open_checkpoint
 
 from . import check, detect, hparams, metadata, modelfile, plan as planning, quant_policy, templates
 from . import vocab as vocabulary
+from .cli import dec_key, machine_cores
 from .encode import encode_rows
 from .errors import ConvertError
 from .maps import bundled_names, load_map
+from .output import escape, progress
 from .report import human_bytes
 from .writer import GGUFWriter, TensorInfo
 
@@ -46,8 +47,9 @@ def build_parser():
                    "q4_k_m, q5_k_s, q5_k_m, q6_k. Norms and biases stay F32. Several, comma-separated, write "
                    "several files from one read of the checkpoint; OUT must then contain {ftype} "
                    "(default: f16)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="N",
-                   help="cores used for converting and quantizing (default: all, %(default)s)")
+    p.add_argument("--threads", type=int, default=machine_cores(), metavar="N",
+                   help="cores used for converting and quantizing, at most the machine's (default: all, "
+                   "%(default)s)")
     p.add_argument("--rope-layout", choices=("hf", "meta"), default="hf",
                    help="Q/K row layout in the checkpoint: 'hf' rotate_half (MindFormers r0.7 and later, "
                    "permuted for llama.cpp) or 'meta' interleaved (r0.6 and earlier, copied as is) "
@@ -132,7 +134,13 @@ def _tokenizer_path(args, fmap):
 
 def log(args, text):
     if not args.quiet:
-        print(text, file=sys.stderr)
+        print(escape(text), file=sys.stderr)
+
+
+def warn(args, text):
+    """A warning (not shown with -q, which prints errors only)."""
+    if not args.quiet:
+        print(f"ms2gguf: warning: {escape(text)}", file=sys.stderr)
 
 
 def run(args):
@@ -140,6 +148,10 @@ def run(args):
     out_paths = output_paths(args.out, args.outtype)
     if args.threads < 1:
         raise ConvertError(f"--threads {args.threads}: must be at least 1")
+    args.threads = min(args.threads, machine_cores())
+    if not os.path.lexists(args.ckpt):
+        raise ConvertError(f"{args.ckpt}: checkpoint not found")
+    args.dec_key = dec_key(args)
     if not args.dry_run:
         for out_path in out_paths:
             if out_path.exists() and not args.force:
@@ -174,7 +186,7 @@ def run(args):
         name = args.name or Path(args.ckpt).stem
         targets = [_target(outtype, path, plan, fmap, vocab, name) for outtype, path in zip(args.outtype, out_paths)]
         for warning in vocab.warnings + plan.notes + [n for t in targets[1:] for n in t.notes]:
-            print(f"ms2gguf: warning: {warning}", file=sys.stderr)
+            warn(args, warning)
         for fact in plan.facts:
             log(args, f"note: {fact}")
         if args.verbose or args.dry_run:
@@ -244,8 +256,7 @@ def _write(targets, plan, args, fmap):
             target.size = target.writer.write_header(target.kvs, infos)
         total = sum(TensorInfo(o.name, o.shape, t).nbytes for target in targets
                     for o, t in zip(plan.outputs, target.types))
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="writing",
-                  disable=args.quiet, file=sys.stderr, leave=False) as bar:
+        with progress(total, "writing", args.quiet) as bar:
             for i, out in enumerate(plan.outputs):
                 _write_tensor([(t.writer, t.types[i]) for t in targets], out, bar, args.threads)
         # no fsync: the rename guarantees that a failed or interrupted run leaves nothing at OUT; durability
@@ -254,7 +265,7 @@ def _write(targets, plan, args, fmap):
             target.writer.finish()
             target.file.close()
         for target, tmp_name in zip(targets, temps):
-            _check_output(tmp_name, target.path, fmap)
+            _check_output(tmp_name, target.path, fmap, args.quiet)
         for target, tmp_name in zip(targets, temps):
             os.chmod(tmp_name, 0o644)
             os.replace(tmp_name, target.path)
@@ -270,12 +281,12 @@ def _write(targets, plan, args, fmap):
         raise
 
 
-def _check_output(tmp_name, out_path, fmap):
+def _check_output(tmp_name, out_path, fmap, quiet=False):
     """The new file must pass 'ms2gguf check' before it takes OUT's name."""
     report = check.check_file(tmp_name, [fmap] if fmap is not None else None)
     for problem in report.warnings:
-        if problem.kind != "file-type":     # the summary explains file_type 0
-            print(f"ms2gguf: warning: {out_path}: {problem.text}", file=sys.stderr)
+        if problem.kind != "file-type" and not quiet:     # the summary explains file_type 0
+            print(f"ms2gguf: warning: {escape(out_path)}: {escape(problem.text)}", file=sys.stderr)
     if report.errors:
         more = f" (and {len(report.errors) - 1} more problems)" if len(report.errors) > 1 else ""
         raise ConvertError(f"{out_path}: the converted GGUF fails its check, so it was not written: "
@@ -308,14 +319,14 @@ def _write_tensor(writers, out, bar, threads):
 
 def _print_plan(plan, targets, stream):
     for name, reason in plan.skipped:
-        print(f"skip   {name}  ({reason})", file=stream)
+        print(f"skip   {escape(name)}  ({escape(reason)})", file=stream)
     width = max((len(o.name) for o in plan.outputs), default=10)
     for i, o in enumerate(plan.outputs):
         types = "/".join(GGMLQuantizationType(t.types[i]).name for t in targets)
         how = "copy" if all(o.copies_as(t.types[i]) for t in targets) else o.transform or "convert"
-        names = [t.name for t in o.expr.sources()]
+        names = [escape(t.name) for t in o.expr.sources()]
         source = names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} more)"
-        print(f"tensor {o.name:<{width}}  {types:<5} {'x'.join(map(str, o.shape)):<14} <- {source} "
+        print(f"tensor {escape(o.name):<{width}}  {types:<5} {'x'.join(map(str, o.shape)):<14} <- {source} "
               f"[{o.source.dtype.name}] {how}", file=stream)
 
 

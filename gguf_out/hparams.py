@@ -4,11 +4,10 @@ The map names, for each canonical hyperparameter, the config keys that may carry
 ``model.model_config`` and HF spellings); everything else here is arithmetic (mindformers-layouts.md §7).
 """
 
-import json
 import math
 from pathlib import Path
 
-import yaml
+from msckpt import safeio
 
 from .errors import ConvertError
 
@@ -35,17 +34,11 @@ def find_config(ckpt_path):
 def read_config(path):
     """The flat dict of model settings in a MindFormers yaml (model.model_config) or an HF config.json."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConvertError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConvertError(f"{path}: cannot read config ({err})") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ConvertError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
-                           f"({str(err).splitlines()[0]})") from None
+    text = safeio.read_text(path, ConvertError, "config file")
+    if path.suffix == ".json":
+        data = safeio.parse_json(text, path, ConvertError)
+    else:
+        data = safeio.parse_yaml(text, path, ConvertError)
     if not isinstance(data, dict):
         raise ConvertError(f"{path}: expected a mapping at the top level")
     model = data.get("model")

@@ -6,11 +6,12 @@ checked against gguf-py's tensor tables so a typo in a GGUF name fails at load t
 
 import copy
 import fnmatch
-import json
 import re
 from pathlib import Path
 
 import gguf
+
+from msckpt import safeio
 
 from .errors import ConvertError
 from .steps import fan_out
@@ -271,15 +272,7 @@ def load_map(spec):
         if not path.is_file():
             raise ConvertError(f"no bundled map named '{spec}' (bundled: {', '.join(bundled_names())}; "
                                "or give a path to a .json map)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConvertError(f"{path}: map file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConvertError(f"{path}: cannot read map ({err})") from None
-    except json.JSONDecodeError as err:
-        raise ConvertError(f"{path}: map is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") \
-            from None
+    data = safeio.load_json(path, ConvertError, "map")
     if not isinstance(data, dict):
         raise ConvertError(f"{path}: a map must be a JSON object")
     return FamilyMap(data, path)

@@ -10,9 +10,10 @@ Which template a conversion uses: ``--chat-template NAME|FILE`` if given, else t
 ``chat_template``, else the map's ``chat_template`` default, else none.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from msckpt import safeio
 
 from .errors import ConvertError
 
@@ -263,15 +264,9 @@ def _read_template_file(spec):
     if not path.is_file():
         names = ", ".join(list(FORMATS) + ["none"])
         raise ConvertError(f"--chat-template {spec}: neither a built-in template ({names}) nor a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConvertError(f"{path}: cannot read chat template ({err})") from None
+    text = safeio.read_text(path, ConvertError, "chat template", safeio.LARGE)
     if path.suffix == ".json":      # tokenizer_config.json or chat_template.json
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConvertError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        data = safeio.parse_json(text, path, ConvertError)
         text = data.get("chat_template") if isinstance(data, dict) else None
         if isinstance(text, list):      # [{"name": ..., "template": ...}]
             named = {t.get("name"): t.get("template") for t in text if isinstance(t, dict)}

@@ -4,12 +4,12 @@ What llama.cpp needs (gguf-targets.md §3.1, §3.3): tokens, scores and token ty
 embedding rows with unique ``[PAD{id}]`` tokens, special token ids, add_bos/add_eos, and the chat template.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gguf import TokenType
 
+from msckpt import safeio
 from msckpt.schema import message_class
 
 from .errors import ConvertError
@@ -103,10 +103,7 @@ def load_sentencepiece(path, pre=None, specials=None):
     ``specials``: the map's tokenizer_specials — tokens the tokenizer code appends after the model's pieces (ChatGLM3's
     [gMASK], sop, <|user|>, ...), role tokens and add_bos, filling only what the files leave unsaid."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ConvertError(f"{path}: cannot read tokenizer ({err.strerror or err})") from None
+    data = safeio.read_bytes(path, ConvertError, "tokenizer", safeio.LARGE)
     model_proto = message_class("sentencepiece_model", "ms2gguf.spm.ModelProto")
     try:
         model = model_proto.FromString(data)
@@ -155,10 +152,7 @@ def _apply_tokenizer_config(vocab, path):
     """HF tokenizer_config.json beside the tokenizer: chat template, add_bos/eos, added special tokens."""
     if not path.is_file():
         return
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConvertError(f"{path}: cannot read ({err})") from None
+    config = safeio.load_json(path, ConvertError, "tokenizer_config.json", safeio.LARGE)
     if not isinstance(config, dict):
         raise ConvertError(f"{path}: expected a JSON object")
     template = config.get("chat_template")

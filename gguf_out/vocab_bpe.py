@@ -28,11 +28,13 @@ holes.
 
 import base64
 import binascii
-import json
+import os
 import re
 from pathlib import Path
 
 from gguf import TokenType
+
+from msckpt import safeio
 
 from .errors import ConvertError
 from .vocab import PAD_SCORE, Vocab
@@ -145,12 +147,9 @@ def _read_tokenizer_json(path, config):
 def _read_vocab_merges(path, config):
     merges_path = path.with_name("merges.txt")
     base = _check_vocab(path, _read_json(path))
-    try:
-        lines = merges_path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ConvertError(f"{path}: merges.txt is missing beside it") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConvertError(f"{merges_path}: cannot read ({err})") from None
+    if not merges_path.exists():
+        raise ConvertError(f"{path}: merges.txt is missing beside it")
+    lines = safeio.read_text(merges_path, ConvertError, "merges file", safeio.LARGE).splitlines()
     merges = []
     for number, line in enumerate(lines, 1):
         line = line.strip()
@@ -174,10 +173,7 @@ def _read_vocab_merges(path, config):
 
 
 def _read_tiktoken(path, config):
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ConvertError(f"{path}: cannot read tokenizer ({err.strerror or err})") from None
+    data = safeio.read_bytes(path, ConvertError, "tokenizer", safeio.LARGE)
     ranks, ids = {}, set()
     for number, line in enumerate(data.splitlines(), 1):
         if not line.strip():
@@ -239,16 +235,9 @@ def _split_by_ranks(ranks, token, max_rank):
 
 
 def _read_json(path, optional=False):
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        if optional:
-            return None
-        raise ConvertError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConvertError(f"{path}: cannot read ({err})") from None
-    except json.JSONDecodeError as err:
-        raise ConvertError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    if optional and not os.path.lexists(path):
+        return None
+    return safeio.load_json(path, ConvertError, "JSON file", safeio.LARGE)
 
 
 def _check_vocab(path, vocab):
@@ -415,10 +404,7 @@ def _apply_roles(vocab, path, config, hints, specials):
     vocab.add_eos = _first_bool(config.get("add_eos_token"), hints.get("add_eos"), specials.get("add_eos"))
     template = config.get("chat_template")
     if template is None and (folder / "chat_template.jinja").is_file():
-        try:
-            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConvertError(f"{folder / 'chat_template.jinja'}: cannot read ({err})") from None
+        template = safeio.read_text(folder / "chat_template.jinja", ConvertError, "chat template")
     elif template is None and (folder / "chat_template.json").is_file():
         data = _read_json(folder / "chat_template.json")
         template = data.get("chat_template") if isinstance(data, dict) else None

@@ -14,7 +14,6 @@ over ``axis_fragmentations``. Tensors are assembled chunk by chunk when read (ms
 told apart by file name, as MindFormers does, and are opened only when asked for (``optimizer=True``).
 """
 
-import json
 import re
 from math import prod
 from pathlib import Path
@@ -65,7 +64,8 @@ def read_tracker(root):
     path = Path(root) / TRACKER
     if not path.is_file():
         return None
-    text = path.read_text(encoding="utf-8", errors="replace").strip()
+    from .safeio import read_bytes
+    text = read_bytes(path, what="tracker file", limit=4096).decode("utf-8", errors="replace").strip()
     if not text.isdigit():
         raise CheckpointError(path, f"should hold an iteration number, but holds {text[:40]!r}")
     return int(text)
@@ -166,10 +166,8 @@ def _open(path, folder, files, optimizer):
 
 
 def _read_json(path, what):
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise CheckpointError(path, f"cannot read {what} ({err})") from None
+    from .safeio import LARGE, load_json
+    data = load_json(path, what=what, limit=LARGE)
     if not isinstance(data, dict):
         raise CheckpointError(path, f"{what} is not a JSON object")
     return data

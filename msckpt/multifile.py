@@ -7,7 +7,6 @@ file and keeps that file as its ``source``, so byte ranges stay valid and raw co
 ``iteration_*/`` layout, whose tensors are split into chunks described by ``metadata.json``, is a different format.
 """
 
-import json
 from pathlib import Path
 
 from . import safetensors
@@ -62,10 +61,8 @@ def _read_index(folder):
         index_path = folder / name
         if not index_path.is_file():
             continue
-        try:
-            data = json.loads(index_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise CheckpointError(index_path, f"cannot read the shard index ({err})") from None
+        from .safeio import load_json
+        data = load_json(index_path, what="shard index")
         mapping = data.get("weight_map") if isinstance(data, dict) and "weight_map" in data else data
         if not (isinstance(mapping, dict) and all(isinstance(v, str) for v in mapping.values())):
             raise CheckpointError(index_path, "is not a shard index (expected a 'weight_map' of tensor name -> "

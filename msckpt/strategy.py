@@ -5,7 +5,6 @@ parallelism every stage writes its own file; a directory of them is merged here,
 ``mindspore.merge_pipeline_strategys`` does (which also prefixes names with ``"<stage>-"``, understood too).
 """
 
-import json
 import re
 from dataclasses import dataclass
 from math import prod
@@ -181,7 +180,8 @@ def _file_order(p):
 
 def _read_file(path):
     """(the file's pipeline stage or None when its names carry stage prefixes, [Layout])."""
-    data = path.read_bytes()
+    from .safeio import LARGE, read_bytes
+    data = read_bytes(path, what="strategy file", limit=LARGE)
     if not data:
         raise CheckpointError(path, "strategy file is empty")
     if path.suffix == ".json":
@@ -221,10 +221,12 @@ def _read_protobuf(path, data):
 
 
 def _read_json(path, data):
+    from .safeio import parse_json
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise CheckpointError(path, f"strategy file is not valid JSON ({err})") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CheckpointError(path, "strategy file is not valid UTF-8", err.start) from None
+    doc = parse_json(text, path, what="strategy file")
     items = doc.get("parallel_layout_item") if isinstance(doc, dict) else None
     if not isinstance(items, dict):
         raise CheckpointError(path, "JSON strategy has no 'parallel_layout_item' object")

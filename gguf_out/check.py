@@ -19,6 +19,8 @@ import gguf
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType as V, Keys, LlamaFileType
 
+from .output import escape
+
 MAGIC = b"GGUF"
 MAX_STRING = 16 << 20       # Ollama's MaxStringLength
 MAX_ARRAY = 64 << 20        # Ollama's MaxArraySize (elements)
@@ -648,6 +650,11 @@ def check_buffer(buf, report, family_maps=None):
     if arch:
         layers = _scalar(report.kv, f"{arch}.block_count")
         layers = layers if isinstance(layers, int) and not isinstance(layers, bool) else None
+        if layers is not None and layers > len(report.tensors):
+            # every layer has tensors; and the per-layer checks below must not loop over a number the file made up
+            report.error("hparams", f"{arch}.block_count is {layers}, but the file has only {len(report.tensors)} "
+                                    "tensors")
+            layers = None
         hp = {}
         for fmap in family_maps:
             hp.update(_symbols(report, arch, fmap, n_tokens))
@@ -657,9 +664,11 @@ def check_buffer(buf, report, family_maps=None):
 
 def check_file(path, family_maps=None):
     """A Report of everything wrong with the GGUF at ``path`` (``family_maps``: default the bundled ones)."""
+    from msckpt import CheckpointError, safeio
+
     report = Report(str(path))
     try:
-        with open(path, "rb") as f:
+        with safeio.open_regular(path, what="GGUF file") as f:
             size = f.seek(0, 2)
             if size == 0:
                 report.error("not-gguf", "not a GGUF file (empty)")
@@ -667,6 +676,8 @@ def check_file(path, family_maps=None):
             # slicing an mmap copies, so no buffer stays exported when it closes
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 check_buffer(mm, report, family_maps)
+    except CheckpointError as err:
+        report.error("io", err.what)
     except OSError as err:
         report.error("io", f"cannot read ({err.strerror or err})")
     return report
@@ -694,9 +705,9 @@ def main(argv):
     for path in args.files:
         report = check_file(path)
         for problem in report.problems:
-            print(f"{path}: {problem.level}: {problem.text}")
+            print(escape(f"{path}: {problem.level}: {problem.text}"))
         if report.errors:
             status = 1
         elif not args.quiet:
-            print(f"{path}: ok ({report.summary()})")
+            print(escape(f"{path}: ok ({report.summary()})"))
     return status

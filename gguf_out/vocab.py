@@ -150,7 +150,7 @@ def load_sentencepiece(path, pre=None, specials=None):
 
 def _apply_tokenizer_config(vocab, path):
     """HF tokenizer_config.json beside the tokenizer: chat template, add_bos/eos, added special tokens."""
-    if not path.is_file():
+    if not safeio.present(path, ConvertError):
         return
     config = safeio.load_json(path, ConvertError, "tokenizer_config.json", safeio.LARGE)
     if not isinstance(config, dict):

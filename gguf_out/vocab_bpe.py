@@ -28,7 +28,6 @@ holes.
 
 import base64
 import binascii
-import os
 import re
 from pathlib import Path
 
@@ -72,9 +71,9 @@ def looks_special(text):
 def is_tiktoken(path):
     """A tiktoken rank file starts with a text line "base64 rank"; a SentencePiece model is binary protobuf."""
     try:
-        with open(path, "rb") as f:
+        with safeio.open_regular(path, ConvertError) as f:
             head = f.read(4096)
-    except OSError:
+    except (OSError, ConvertError):
         return False
     return bool(_TIKTOKEN_LINE.match(head.split(b"\n", 1)[0]))
 
@@ -235,7 +234,7 @@ def _split_by_ranks(ranks, token, max_rank):
 
 
 def _read_json(path, optional=False):
-    if optional and not os.path.lexists(path):
+    if optional and not safeio.present(path, ConvertError):
         return None
     return safeio.load_json(path, ConvertError, "JSON file", safeio.LARGE)
 
@@ -403,9 +402,9 @@ def _apply_roles(vocab, path, config, hints, specials):
     vocab.add_bos = bool(_first_bool(config.get("add_bos_token"), hints.get("add_bos"), specials.get("add_bos")))
     vocab.add_eos = _first_bool(config.get("add_eos_token"), hints.get("add_eos"), specials.get("add_eos"))
     template = config.get("chat_template")
-    if template is None and (folder / "chat_template.jinja").is_file():
+    if template is None and safeio.present(folder / "chat_template.jinja", ConvertError):
         template = safeio.read_text(folder / "chat_template.jinja", ConvertError, "chat template")
-    elif template is None and (folder / "chat_template.json").is_file():
+    elif template is None and safeio.present(folder / "chat_template.json", ConvertError):
         data = _read_json(folder / "chat_template.json")
         template = data.get("chat_template") if isinstance(data, dict) else None
     if isinstance(template, list):      # [{"name": ..., "template": ...}]: take the default

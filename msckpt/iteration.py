@@ -62,7 +62,8 @@ def iterations(root):
 def read_tracker(root):
     """The iteration latest_checkpointed_iteration.txt names, or None when there is no tracker."""
     path = Path(root) / TRACKER
-    if not path.is_file():
+    from .safeio import present
+    if not present(path):
         return None
     from .safeio import read_bytes
     text = read_bytes(path, what="tracker file", limit=4096).decode("utf-8", errors="replace").strip()
@@ -147,11 +148,13 @@ def open_iteration(path, step=None, optimizer=False, strategy=None, dec_key=None
 
 
 def _open(path, folder, files, optimizer):
-    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(".safetensors"))
+    from .safeio import present, regular_entries
+    names = sorted(p.name for p in regular_entries((p for p in folder.iterdir() if p.name.endswith(".safetensors")),
+                                                   what="checkpoint"))
     opt_files = [n for n in names if _OPT_FILE.fullmatch(n)]
     model_files = [n for n in names if n not in opt_files]
     common = _read_common(folder / COMMON)
-    if (folder / METADATA).is_file():
+    if present(folder / METADATA):
         meta = _read_metadata(folder / METADATA)
         tensors, facts = _assemble(folder, meta, files, optimizer)
         if optimizer:
@@ -174,7 +177,8 @@ def _read_json(path, what):
 
 
 def _read_common(path):
-    return _read_json(path, "common.json") if path.is_file() else {}
+    from .safeio import present
+    return _read_json(path, "common.json") if present(path) else {}
 
 
 def _read_metadata(path):

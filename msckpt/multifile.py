@@ -12,6 +12,7 @@ from pathlib import Path
 from . import safetensors
 from .checkpoint import Checkpoint
 from .errors import CheckpointError
+from .safeio import load_json, present
 from .source import Source
 
 INDEX_NAMES = ("model.safetensors.index.json", "param_name_map.json")
@@ -59,9 +60,8 @@ def _read_index(folder):
     """({tensor name: file name}, index path) from the first index file present, else (None, None)."""
     for name in INDEX_NAMES:
         index_path = folder / name
-        if not index_path.is_file():
+        if not present(index_path):
             continue
-        from .safeio import load_json
         data = load_json(index_path, what="shard index")
         mapping = data.get("weight_map") if isinstance(data, dict) and "weight_map" in data else data
         if not (isinstance(mapping, dict) and all(isinstance(v, str) for v in mapping.values())):

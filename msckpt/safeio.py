@@ -73,11 +73,11 @@ def read_bytes(path, error=CheckpointError, what="file", limit=SMALL):
         if size > limit:
             fail(error, path, f"{what} of {size} bytes is larger than the {limit >> 20} MiB this input may have")
         try:
-            data = f.read(limit + 1)
+            data = f.read(size + 1)     # read(n) allocates n bytes first: ask for what the file has
         except OSError as err:
             fail(error, path, f"cannot read {what}: {err.strerror or err}")
-    if len(data) > limit:
-        fail(error, path, f"{what} is larger than the {limit >> 20} MiB this input may have")
+    if len(data) > size:
+        fail(error, path, f"{what} grew while it was being read")
     return data
 
 
@@ -87,6 +87,10 @@ def read_text(path, error=CheckpointError, what="file", limit=SMALL):
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         fail(error, path, f"{what} is not valid UTF-8", err.start)
+
+
+def _first_line(err):
+    return str(err).splitlines()[0].split("; use sys.set_int_max_str_digits")[0][:120]
 
 
 def _reject_constant(name):
@@ -100,22 +104,23 @@ def _finite_float(text):
     return value
 
 
-def parse_json(text, path, error=CheckpointError, what="file", offset=None):
+def parse_json(text, path, error=CheckpointError, what=None, offset=None):
     """Strict JSON: no NaN / Infinity / overflowing floats, nesting at most MAX_DEPTH."""
+    what = f"{what} is not" if what else "not"
     try:
         data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as err:
-        fail(error, path, f"{what} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})", offset)
+        fail(error, path, f"{what} valid JSON ({err.msg} at line {err.lineno} column {err.colno})", offset)
     except RecursionError:
-        fail(error, path, f"{what} is not valid JSON (nested too deeply)", offset)
+        fail(error, path, f"{what} valid JSON (nested too deeply)", offset)
     except ValueError as err:           # parse_constant / parse_float, or an integer beyond the digit limit
-        fail(error, path, f"{what} is not valid JSON ({str(err).splitlines()[0][:80]})", offset)
+        fail(error, path, f"{what} valid JSON ({_first_line(err)})", offset)
     check_depth(data, path, error, offset=offset)
     return data
 
 
 def load_json(path, error=CheckpointError, what="file", limit=SMALL):
-    return parse_json(read_text(path, error, what, limit), path, error, what)
+    return parse_json(read_text(path, error, what, limit), path, error)
 
 
 def parse_yaml(text, path, error=CheckpointError):
@@ -128,7 +133,7 @@ def parse_yaml(text, path, error=CheckpointError):
     except RecursionError:
         fail(error, path, "not valid YAML (nested too deeply)")
     except (ValueError, OverflowError) as err:    # e.g. an integer beyond Python's digit limit
-        fail(error, path, f"not valid YAML ({str(err).splitlines()[0][:120]})")
+        fail(error, path, f"not valid YAML ({_first_line(err)})")
     check_depth(data, path, error, MAX_YAML_NODES)
     return data
 
@@ -151,3 +156,21 @@ def check_depth(data, path, error=CheckpointError, max_nodes=None, offset=None):
         if max_nodes is not None and seen > max_nodes:
             fail(error, path, f"expands to more than {max_nodes} values (aliases nested in aliases?)")
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
+def present(path, error=CheckpointError, what="file"):
+    """Whether an optional input file is there: False when nothing is at ``path``; an error when something that is
+    not a regular file is (a FIFO, a directory, a dangling or looping symlink), rather than silently ignoring it."""
+    if not os.path.lexists(path):
+        return False
+    check_regular(path, error, what)
+    return True
+
+
+def regular_entries(paths, error=CheckpointError, what="file"):
+    """The paths (entries of a directory listing that match what is looked for) after refusing non-regular ones."""
+    out = []
+    for path in paths:
+        check_regular(path, error, what)
+        out.append(path)
+    return out

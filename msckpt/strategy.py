@@ -144,8 +144,9 @@ def load_strategy(path):
     """A Strategy from a strategy file (protobuf or ``.json``) or a directory of per-rank/per-stage files."""
     path = Path(path)
     if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix in (".ckpt", ".json")),
-                       key=_file_order)
+        from .safeio import regular_entries
+        files = sorted(regular_entries((p for p in path.iterdir() if p.suffix in (".ckpt", ".json")
+                                        and not p.is_dir()), what="strategy file"), key=_file_order)
         if not files:
             raise CheckpointError(path, "strategy directory holds no .ckpt or .json strategy files")
         kinds = {p.suffix for p in files}

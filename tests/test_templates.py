@@ -396,7 +396,7 @@ def test_no_template_without_map_default(tmp_path, bare_tokenizer):
 
 def test_option_by_name_replaces_tokenizer_config(tmp_path, capsys):
     out = tmp_path / "o.gguf"
-    assert convert(MHA, out, "--chat-template", "chatml") == 0
+    assert convert(MHA, out, "--chat-template", "chatml", quiet=False) == 0
     assert chat_template_of(out) == CHATML.jinja
     err = capsys.readouterr().err
     assert "--chat-template chatml replaces the chat template of tokenizer_config.json" in err

@@ -9,7 +9,9 @@ must be one gguf-py lists for that arch.
 """
 
 import argparse
+import math
 import mmap
+import os
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -125,6 +127,7 @@ class Report:
     tensors: list = field(default_factory=list)
     size: int = 0
     notes: list = field(default_factory=list)       # what could not be checked, for the "ok" line
+    data_start: int = 0
 
     @property
     def errors(self):
@@ -278,6 +281,7 @@ def _parse(buf, report):
         names.add(name)
 
     data_start = -(-r.pos // alignment) * alignment
+    report.data_start = data_start
     _check_offsets(report, data_start, alignment)
 
 
@@ -623,14 +627,38 @@ def _check_layer_kinds(report, by_name, family_maps, common, layers):
                                        f"{', '.join(lacking[:3])}{' ...' if len(lacking) > 3 else ''} missing")
 
 
-def check_buffer(buf, report, family_maps=None):
-    """All checks on a GGUF's bytes."""
+POSITIVE_COUNTS = ("context_length", "embedding_length", "block_count", "attention.head_count")
+
+
+def _check_hparams(report, arch):
+    """Values llama.cpp would load and then compute nonsense (or divide by zero) with."""
+    for key, v in report.kv.items():
+        if not key.startswith(arch + ".") or v.vtype == V.STRING:
+            continue
+        suffix = key[len(arch) + 1:]
+        values = v.value if isinstance(v.value, list) else [v.value]
+        if v.vtype in (V.FLOAT32, V.FLOAT64) or v.item_type in (V.FLOAT32, V.FLOAT64):
+            if any(not math.isfinite(x) for x in values):
+                shown = values[0] if len(values) == 1 else "an array with NaN or infinite values"
+                report.error("hparams", f"{key} is not finite ({shown})")
+            elif ("epsilon" in suffix or suffix == "rope.freq_base") and any(x <= 0 for x in values):
+                report.error("hparams", f"{key} is {values[0] if len(values) == 1 else min(values)}; it must be "
+                                        "above 0")
+        elif suffix in POSITIVE_COUNTS and v.vtype != V.ARRAY and v.value == 0:
+            report.error("hparams", f"{key} is 0")
+
+
+def check_buffer(buf, report, family_maps=None, values=False):
+    """All checks on a GGUF's bytes; ``values``: also scan the tensor data for non-finite values."""
     report.size = len(buf)
     try:
         _parse(buf, report)
     except _Fatal as fatal:
         report.error(fatal.kind, fatal.text)
         return report
+    if values:
+        from .check_values import scan
+        scan(buf, report, report.data_start)
     arch = _scalar(report.kv, Keys.General.ARCHITECTURE)
     if not isinstance(arch, str):
         arch = ""
@@ -640,6 +668,8 @@ def check_buffer(buf, report, family_maps=None):
         family_maps = _maps_for(arch) if arch else []
     family_maps = [m for m in family_maps if m.arch == arch]
     _check_types(report, arch, family_maps)
+    if arch:
+        _check_hparams(report, arch)
     _check_required(report, arch, family_maps)
     embd = next((t for t in report.tensors if t.name == "token_embd.weight"), None)
     rows = embd.shape[0] if embd is not None and len(embd.ne) == 2 else None
@@ -662,12 +692,15 @@ def check_buffer(buf, report, family_maps=None):
     return report
 
 
-def check_file(path, family_maps=None):
-    """A Report of everything wrong with the GGUF at ``path`` (``family_maps``: default the bundled ones)."""
+def check_file(path, family_maps=None, values=False):
+    """A Report of everything wrong with the GGUF at ``path`` (``family_maps``: default the bundled ones;
+    ``values``: also scan the tensor data for NaN / infinite values, a read of the whole file)."""
     from msckpt import CheckpointError, safeio
 
     report = Report(str(path))
     try:
+        if not os.path.lexists(path):
+            raise FileNotFoundError(2, "No such file or directory")
         with safeio.open_regular(path, what="GGUF file") as f:
             size = f.seek(0, 2)
             if size == 0:
@@ -675,7 +708,7 @@ def check_file(path, family_maps=None):
                 return report
             # slicing an mmap copies, so no buffer stays exported when it closes
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                check_buffer(mm, report, family_maps)
+                check_buffer(mm, report, family_maps, values)
     except CheckpointError as err:
         report.error("io", err.what)
     except OSError as err:
@@ -696,6 +729,8 @@ def build_parser():
                                 "general.file_type, and the tensors (names, shapes) the architecture needs.")
     p.add_argument("files", nargs="+", metavar="FILE.gguf")
     p.add_argument("-q", "--quiet", action="store_true", help="print problems only, no 'ok' lines")
+    p.add_argument("--no-values", action="store_true", help="do not scan the tensor data for NaN / infinite values "
+                   "(it reads the whole file)")
     return p
 
 
@@ -703,7 +738,7 @@ def main(argv):
     args = build_parser().parse_args(argv)
     status = 0
     for path in args.files:
-        report = check_file(path)
+        report = check_file(path, values=not args.no_values)
         for problem in report.problems:
             print(escape(f"{path}: {problem.level}: {problem.text}"))
         if report.errors:

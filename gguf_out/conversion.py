@@ -17,6 +17,7 @@ from . import vocab as vocabulary
 from .cli import dec_key, machine_cores
 from .encode import encode_rows
 from .errors import ConvertError
+from .finite import ValueCheck
 from .maps import bundled_names, load_map
 from .output import escape, progress
 from .report import human_bytes
@@ -65,6 +66,10 @@ def build_parser():
     p.add_argument("--allow-inexact", action="store_true", help="convert even when the model uses settings the "
                    "GGUF architecture cannot represent exactly (e.g. mixture-of-experts routing without "
                    "renormalisation for qwen3moe); each is reported as a warning instead of an error")
+    p.add_argument("--allow-nonfinite", action="store_true", help="keep weights that are NaN or infinite (by "
+                   "default an error naming the tensor); the count is reported")
+    p.add_argument("--clamp-f16", action="store_true", help="clamp weights beyond ±65504 to ±65504 in F16 outputs "
+                   "(by default an error: they would become infinite); the count is reported")
     p.add_argument("--strategy", metavar="FILE_OR_DIR", help="parallel strategy of a distributed CKPT directory "
                    "(rank_N/ shards): a strategy file (.ckpt/.json) or a directory of per-rank files (default: "
                    "CKPT/strategy* or MindFormers' CKPT/../strategy/)")
@@ -256,9 +261,12 @@ def _write(targets, plan, args, fmap):
             target.size = target.writer.write_header(target.kvs, infos)
         total = sum(TensorInfo(o.name, o.shape, t).nbytes for target in targets
                     for o, t in zip(plan.outputs, target.types))
+        values = ValueCheck(args.ckpt, args.allow_nonfinite, args.clamp_f16)
         with progress(total, "writing", args.quiet) as bar:
             for i, out in enumerate(plan.outputs):
-                _write_tensor([(t.writer, t.types[i]) for t in targets], out, bar, args.threads)
+                _write_tensor([(t.writer, t.types[i]) for t in targets], out, bar, args.threads, values)
+        for warning in values.warnings():
+            warn(args, warning)
         # no fsync: the rename guarantees that a failed or interrupted run leaves nothing at OUT; durability
         # against power loss is the filesystem's business, and an fsync would cost as much as the copy itself
         for target in targets:
@@ -293,14 +301,21 @@ def _check_output(tmp_name, out_path, fmap, quiet=False):
                            f"{report.errors[0].text}{more}")
 
 
-def _write_tensor(writers, out, bar, threads):
+def _write_tensor(writers, out, bar, threads, values=None):
     """One output tensor into each (writer, ggml type): kernel copies where the bytes are the checkpoint's,
-    otherwise the tensor is read once, band by band (plan.bands), and each band encoded for each type."""
+    otherwise the tensor is read once, band by band (plan.bands), and each band encoded for each type. ``values``
+    (finite.ValueCheck) scans the values on the way: non-finite ones, and what F16 cannot hold."""
     encoded = []
+    scanned = values is None
     for writer, ggml_type in writers:
         writer.begin_tensor(out.name)
         if out.copies_as(ggml_type):
             tensor = out.source
+            if not scanned:
+                for offset, length in tensor.byte_ranges():
+                    for chunk in tensor.source.chunks(offset, length):
+                        values.raw(out, chunk, out.dtype_name)
+                scanned = True
             for offset, length in tensor.byte_ranges():
                 tensor.source.advise_sequential(offset, length)
                 writer.copy_range(tensor.source.fileno(), offset, length)
@@ -309,8 +324,10 @@ def _write_tensor(writers, out, bar, threads):
             encoded.append((writer, ggml_type))
     if encoded:
         for band in planning.bands(out):
+            blocks = values.band(out, band, out.dtype_name, {t for _, t in encoded}) if values is not None else \
+                {t: (band, out.dtype_name) for _, t in encoded}
             for writer, ggml_type in encoded:
-                data = encode_rows(band, out.dtype_name, ggml_type, threads)
+                data = encode_rows(*blocks[ggml_type], ggml_type, threads)
                 writer.write(memoryview(data).cast("B"))
                 bar.update(data.nbytes)
     for writer, _ in writers:

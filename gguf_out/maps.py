@@ -115,10 +115,36 @@ class Rule:
         return bool(hp.get(name)) == wanted
 
 
+# the kind of value each section of a map holds (checked before use: a map file is input like any other)
+_SECTIONS = {"family": str, "arch": str, "description": str, "tokenizer": str, "config": dict, "defaults": dict,
+             "metadata": dict, "tensors": list, "shapes": dict, "required": list, "fused_layout": dict,
+             "generated": dict, "detect": dict, "layer_kinds": dict, "reject": dict, "ignored_config": dict,
+             "rope_scaling": dict, "derived": dict, "required_why": dict, "tokenizer_variants": dict, "skip": dict,
+             "tokenizer_specials": dict, "constraints": list}
+METADATA_KINDS = ("u32", "f32", "bool", "str", "i32")
+
+
+def _check_sections(data, where):
+    for key, kind in _SECTIONS.items():
+        if key in data and not isinstance(data[key], kind):
+            raise ConvertError(f"{where}: '{key}' must be a JSON {'object' if kind is dict else kind.__name__}")
+    for name, keys in data.get("config", {}).items():
+        if not isinstance(keys, list) or not all(isinstance(k, str) or (isinstance(k, dict) and isinstance(
+                k.get("key"), str) and isinstance(k.get("times", 1), (int, float))) for k in keys):
+            raise ConvertError(f"{where}: config entry '{name}' must be a list of config keys")
+    for key, spec in data.get("metadata", {}).items():
+        if not (isinstance(spec, list) and 2 <= len(spec) <= 3 and spec[0] in METADATA_KINDS):
+            raise ConvertError(f"{where}: metadata entry '{key}' must be [type, hyperparameter] with a type of "
+                               f"{', '.join(METADATA_KINDS)}")
+    if not all(isinstance(rule, dict) for rule in data.get("tensors", [])):
+        raise ConvertError(f"{where}: 'tensors' must be a list of rule objects")
+
+
 class FamilyMap:
     def __init__(self, data, path):
         where = str(path)
         self.path = where
+        _check_sections(data, where)
         try:
             self.family = data["family"]
             self.arch = data["arch"]
@@ -275,4 +301,8 @@ def load_map(spec):
     data = safeio.load_json(path, ConvertError, "map")
     if not isinstance(data, dict):
         raise ConvertError(f"{path}: a map must be a JSON object")
-    return FamilyMap(data, path)
+    try:
+        return FamilyMap(data, path)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, re.error) as err:
+        # a hand-written map with a value of the wrong kind somewhere: name the file, not the Python error's line
+        raise ConvertError(f"{path}: not a valid map ({type(err).__name__}: {err})") from None

@@ -4,6 +4,7 @@ What llama.cpp needs (gguf-targets.md §3.1, §3.3): tokens, scores and token ty
 embedding rows with unique ``[PAD{id}]`` tokens, special token ids, add_bos/add_eos, and the chat template.
 """
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,8 @@ def load_sentencepiece(path, pre=None, specials=None):
     for i, piece in enumerate(model.pieces):
         if not piece.piece:
             raise ConvertError(f"{path}: piece {i} is empty")
+        if not math.isfinite(piece.score):
+            raise ConvertError(f"{path}: piece {i} ({piece.piece!r}) has the score {piece.score}")
         tokens.append(piece.piece)
         scores.append(float(piece.score))
         # SentencePiece's piece types have the same numbers as GGUF's token types, except that llama.cpp's
@@ -165,12 +168,8 @@ def _apply_tokenizer_config(vocab, path):
         if isinstance(config.get(key), bool):
             setattr(vocab, key.replace("_token", ""), config[key])
     index = {text: i for i, text in enumerate(vocab.tokens)}
-    for key, info in (config.get("added_tokens_decoder") or {}).items():
-        try:
-            token_id = int(key)
-            text = info["content"]
-        except (ValueError, TypeError, KeyError):
-            raise ConvertError(f"{path}: malformed added_tokens_decoder entry {key!r}") from None
+    for key, info in added_tokens_decoder(path, config).items():
+        token_id, text = key, info["content"]
         if token_id >= len(vocab.tokens):
             continue    # placed when padding (see pad_to)
         if vocab.tokens[token_id] != text and text in index:
@@ -183,8 +182,31 @@ def _apply_tokenizer_config(vocab, path):
             token = token.get("content")
         if isinstance(token, str) and token in index:
             vocab.special[name] = index[token]
-    vocab.added_beyond = {int(k): v for k, v in (config.get("added_tokens_decoder") or {}).items()
-                          if int(k) >= len(vocab.tokens)}
+    vocab.added_beyond = {k: v for k, v in added_tokens_decoder(path, config).items() if k >= len(vocab.tokens)}
+    vocab.added_source = str(path)
+
+
+MAX_ID = 1 << 24        # beyond any real vocabulary; ids drive list sizes, so a made-up one must not
+
+
+def added_tokens_decoder(path, config):
+    """tokenizer_config.json's added_tokens_decoder as {id: entry}, validated: ids non-negative integers below
+    MAX_ID, entries objects with a string "content"."""
+    entries = config.get("added_tokens_decoder") or {}
+    if not isinstance(entries, dict):
+        raise ConvertError(f"{path}: added_tokens_decoder must be an object of id -> token")
+    out = {}
+    for key, info in entries.items():
+        try:
+            token_id = int(key)
+        except ValueError:
+            raise ConvertError(f"{path}: added_tokens_decoder id {key!r} is not an integer") from None
+        if not 0 <= token_id < MAX_ID:
+            raise ConvertError(f"{path}: added_tokens_decoder id {token_id} is out of range (0 to {MAX_ID - 1})")
+        if not isinstance(info, dict) or not isinstance(info.get("content"), str) or not info["content"]:
+            raise ConvertError(f"{path}: added_tokens_decoder entry {key!r} needs a non-empty string \"content\"")
+        out[token_id] = info
+    return out
 
 
 def pad_to(vocab, rows):
@@ -197,6 +219,11 @@ def pad_to(vocab, rows):
         dupes = sorted({t for t in vocab.tokens if vocab.tokens.count(t) > 1})[:3]
         raise ConvertError(f"{vocab.source}: duplicate tokens {dupes} (llama.cpp aborts on duplicates)")
     added = getattr(vocab, "added_beyond", {})
+    beyond = [i for i in added if i >= rows]
+    if beyond:
+        raise ConvertError(f"{getattr(vocab, 'added_source', vocab.source)}: added token "
+                           f"{added[beyond[0]].get('content')!r} has the id {beyond[0]}, beyond the {rows} rows of the "
+                           "embedding")
     for i in range(n, rows):
         info = added.get(i)
         text = info.get("content") if isinstance(info, dict) else None

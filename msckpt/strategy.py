@@ -204,6 +204,8 @@ def _read_protobuf(path, data):
              else smap.current_stage)
     raw = []
     for item in smap.parallel_layout_item:
+        if not isinstance(item.param_name, str):        # proto2 hands invalid UTF-8 back as bytes
+            raise CheckpointError(path, f"parameter name {item.param_name[:60]!r} is not valid UTF-8")
         pl = item.parallel_layouts
         where = f"parameter '{item.param_name}'"
         if len(pl.dev_matrix) != 1:
@@ -252,6 +254,9 @@ def _read_json(path, data):
     return _layouts(path, stage, raw)
 
 
+MAX_DEVICES = 1 << 20      # devices per pipeline stage; loops and tables are sized by it
+
+
 def _is_int(v):
     return type(v) is int
 
@@ -268,6 +273,8 @@ def _layouts(path, stage, raw):
             param_stage, name, prefixed = int(m.group(1)), m.group(2), True
         if not (isinstance(dev, list) and dev and all(_is_int(d) and d > 0 for d in dev)):
             raise CheckpointError(path, f"{where}: bad dev_matrix {dev!r}")
+        if prod(dev) > MAX_DEVICES:
+            raise CheckpointError(path, f"{where}: dev_matrix {dev} means {prod(dev)} devices (at most {MAX_DEVICES})")
         if not isinstance(tensor_map, list):
             raise CheckpointError(path, f"{where}: bad tensor_map {tensor_map!r}")
         axes = []

@@ -465,6 +465,7 @@ def _set(path, value):
 
 variants("tokenizer-json", [
     ("vocab-id-huge", _tokjson(lambda data: data["model"]["vocab"].__setitem__("zzz", 10 ** 9))),
+    ("vocab-id-sparse", _tokjson(lambda data: data["model"]["vocab"].__setitem__("zzz", 10 ** 7))),
     ("vocab-id-negative", _tokjson(lambda data: data["model"]["vocab"].__setitem__("zzz", -3))),
     ("vocab-id-string", _tokjson(lambda data: data["model"]["vocab"].__setitem__("zzz", "7"))),
     ("vocab-not-object", _tokjson(_set(("model", "vocab"), [1, 2]))),
@@ -550,14 +551,24 @@ def _tiktoken(lines):
     return build
 
 
+def _pair(data):
+    """A two-byte token of the file: a long run of it makes rank-based merging do work at every position."""
+    return next(t for t in (base64.b64decode(line.split()[0]) for line in data.splitlines() if line.strip())
+                if len(t) == 2)
+
+
+def _lines(data):
+    return len(data.strip().splitlines())
+
+
 def _b64(token):
     return base64.b64encode(token)
 
 
 variants("tiktoken", [
-    ("long-token", _tiktoken(lambda data: data + _b64(b"a" * 270_000) + b" 99999\n")),
-    ("many-long-tokens", _tiktoken(lambda data: data + b"".join(_b64(b"ab" * 2000 + bytes([i % 256, i // 256]))
-                                                               + b" %d\n" % (50000 + i) for i in range(40)))),
+    ("long-token", _tiktoken(lambda data: data + _b64(_pair(data) * 135_000) + b" %d\n" % _lines(data))),
+    ("many-long-tokens", _tiktoken(lambda data: data + b"".join(_b64(b"ab" * 20000 + bytes([i % 256, i // 256]))
+                                                               + b" %d\n" % (_lines(data) + i) for i in range(40)))),
     ("rank-huge", _tiktoken(lambda data: data + _b64(b"zzqq") + b" 1000000000\n")),
     ("rank-negative", _tiktoken(lambda data: data + _b64(b"zzqq") + b" -4\n")),
     ("rank-digits", _tiktoken(lambda data: data + _b64(b"zzqq") + b" " + b"9" * 5000 + b"\n")),
@@ -770,17 +781,18 @@ def llama_kvs(**values):
     return [gguf_kv(k, t, v) for k, (t, v) in base.items() if t is not None]
 
 
-def _check(raw):
+def _check(raw, *contains):
     def build(d):
         path = d / "model.gguf"
         path.write_bytes(raw() if callable(raw) else raw)
-        return Case(["check", str(path)], path, mode="check")
+        return Case(["check", str(path)], path, mode="check", contains=contains)
     return build
 
 
 variants("gguf", [
     ("block-count-huge", _check(lambda: gguf_file(llama_kvs(**{"llama.block_count": (U32, struct.pack("<I",
-                                                                                             10 ** 8))})))),
+                                                                                             10 ** 8))})),
+                                 "block_count is 100000000")),
     ("block-count-max", _check(lambda: gguf_file(llama_kvs(**{"llama.block_count": (U32, struct.pack("<I",
                                                                                             2 ** 32 - 1))})))),
     ("kv-count-huge", _check(lambda: gguf_file(llama_kvs(), n_kv=1 << 60))),
@@ -794,13 +806,20 @@ variants("gguf", [
     ("dims-huge", _check(lambda: gguf_file(llama_kvs(), [("token_embd.weight", (1 << 62, 1 << 62), 0, 0)]))),
     ("offset-huge", _check(lambda: gguf_file(llama_kvs(), [("token_embd.weight", (32, 2), 0, 1 << 62)]))),
     ("eps-nan", _check(lambda: gguf_file(llama_kvs(**{
-        "llama.attention.layer_norm_rms_epsilon": (F32T, struct.pack("<f", math.nan))})))),
+        "llama.attention.layer_norm_rms_epsilon": (F32T, struct.pack("<f", math.nan))})), "not finite")),
     ("eps-negative", _check(lambda: gguf_file(llama_kvs(**{
-        "llama.attention.layer_norm_rms_epsilon": (F32T, struct.pack("<f", -1e-5))})))),
-    ("heads-zero", _check(lambda: gguf_file(llama_kvs(**{"llama.attention.head_count": (U32, struct.pack("<I", 0))})))),
-    ("context-zero", _check(lambda: gguf_file(llama_kvs(**{"llama.context_length": (U32, struct.pack("<I", 0))})))),
+        "llama.attention.layer_norm_rms_epsilon": (F32T, struct.pack("<f", -1e-5))})), "above 0")),
+    ("heads-zero", _check(lambda: gguf_file(llama_kvs(**{"llama.attention.head_count": (U32, struct.pack("<I", 0))})),
+                          "head_count is 0")),
+    ("context-zero", _check(lambda: gguf_file(llama_kvs(**{"llama.context_length": (U32, struct.pack("<I", 0))})),
+                            "context_length is 0")),
     ("weights-nan", _check(lambda: gguf_file(llama_kvs(), [("token_embd.weight", (32, 2), 0, 0)],
-                                             np.full(64, np.nan, np.float32).tobytes()))),
+                                             np.full(64, np.nan, np.float32).tobytes()), "64 values are not finite")),
+    ("weights-inf-f16", _check(lambda: gguf_file(llama_kvs(), [("token_embd.weight", (32, 2), 1, 0)],
+                                                 np.full(64, np.inf, np.float16).tobytes()), "not finite")),
+    ("weights-q8-scale-nan", _check(lambda: gguf_file(llama_kvs(), [("token_embd.weight", (32, 2), 8, 0)],
+                                                      (np.array([np.nan], np.float16).tobytes() + bytes(32)) * 2),
+                                    "2 block scales are not finite")),
     ("truncated", _check(lambda: gguf_file(llama_kvs())[:40])),
     ("not-gguf", _check(b"GGML" + b"\0" * 100)),
     ("fifo", lambda d: (fifo(d / "model.gguf"), Case(["check", str(d / "model.gguf")], d / "model.gguf",

@@ -153,6 +153,9 @@ def verdict(case, result, before, after):
             problems.append("a line that is not a problem of the file")
         if "\x1b" in stdout:
             problems.append("raw escape character")
+        for word in case.contains:
+            if word not in stdout:
+                problems.append(f"lacks {word!r}")
     if before != after:
         changed = sorted(set(before.items()) ^ set(after.items()))
         problems.append(f"files changed or left behind: {changed[:3]}")

@@ -6,7 +6,6 @@
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -14,7 +13,7 @@ from msckpt import CheckpointError, open_checkpoint
 from msckpt.encryption import MODES
 
 from .errors import ConvertError
-from .output import escape, escape_lines, escaped, strict_json
+from .output import escape, escape_lines, escaped, write_json
 
 SUBCOMMANDS = ("inspect", "check")
 
@@ -114,7 +113,7 @@ def cmd_inspect(argv):
     with open_checkpoint(args.ckpt, dec_key=args.dec_key, dec_mode=args.dec_mode, **shards) as ckpt:
         info = describe(ckpt, check_crc=not args.no_crc)
     if args.json:
-        print(json.dumps(strict_json(info), indent=1, default=str, allow_nan=False))
+        write_json(info)
     else:
         print(escape_lines(format_text(escaped(info))))
     problem = crc_problem(info)

@@ -25,26 +25,55 @@ def escape_lines(text):
     return "\n".join(escape(line) for line in str(text).split("\n"))
 
 
-def escaped(value):
-    """A copy of a JSON-like value with every string (keys too) escaped."""
-    if isinstance(value, str):
-        return escape(value)
+def _rewrite(value, leaf, keys=None):
+    """Apply ``leaf`` to every non-container value (and ``keys`` to dict keys) of a JSON-like value, in place where
+    it is a dict or list (the description of a checkpoint with a million entries must not be copied)."""
     if isinstance(value, dict):
-        return {escaped(k) if isinstance(k, str) else k: escaped(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [escaped(v) for v in value]
+        for key in list(value):
+            new_key = keys(key) if keys is not None and isinstance(key, str) else key
+            item = _rewrite(value[key], leaf, keys)
+            if new_key != key:
+                del value[key]
+            value[new_key] = item
+        return value
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            value[i] = _rewrite(item, leaf, keys)
+        return value
+    if isinstance(value, tuple):
+        return [_rewrite(item, leaf, keys) for item in value]
+    return leaf(value)
+
+
+def escaped(value):
+    """A JSON-like value with every string (keys too) escaped (in place)."""
+    return _rewrite(value, lambda v: escape(v) if isinstance(v, str) else v, escape)
+
+
+def _strict_number(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     return value
 
 
 def strict_json(value):
-    """A copy of a JSON-like value in which NaN and infinities (which JSON cannot hold) are strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
+    """A JSON-like value in which NaN and infinities (which JSON cannot hold) are strings (in place)."""
+    return _rewrite(value, _strict_number)
+
+
+def write_json(value, stream=None):
+    """Strict JSON (no NaN / Infinity), written in pieces: a large description is never one string in memory."""
+    import json
+
+    stream = stream or sys.stdout
+    pending = []
+    for chunk in json.JSONEncoder(indent=1, default=str, allow_nan=False).iterencode(strict_json(value)):
+        pending.append(chunk)
+        if len(pending) >= 65536:
+            stream.write("".join(pending))
+            pending = []
+    pending.append("\n")
+    stream.write("".join(pending))
 
 
 class PlainProgress:

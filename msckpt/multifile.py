@@ -7,6 +7,7 @@ file and keeps that file as its ``source``, so byte ranges stay valid and raw co
 ``iteration_*/`` layout, whose tensors are split into chunks described by ``metadata.json``, is a different format.
 """
 
+import os
 from pathlib import Path
 
 from . import safetensors
@@ -26,7 +27,7 @@ def open_safetensors_dir(path):
     else:
         files = [folder / name for name in sorted(set(index.values()))]
         for f in files:
-            if not f.is_file():
+            if not os.path.lexists(f):
                 raise CheckpointError(index_path, f"names the file '{f.name}', which is not in {folder}")
     if not files:
         raise CheckpointError(path, "contains no .safetensors files")

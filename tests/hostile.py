@@ -354,6 +354,13 @@ variants("config-value", [
     ("seq-length-zero", _cfg(seq_length="0", max_position_embedding="0")),
     ("intermediate-size-string", _cfg(intermediate_size="big")),
     ("vocab-size-huge", _cfg(vocab_size="4294967296")),
+    ("vocab-size-big", _cfg(vocab_size="100000000")),
+    ("head-dim-huge", _cfg(head_dim="1000000000")),
+    ("kv-heads-huge", lambda d: llama_case(d, "ckpt", lambda p: yaml_config(p, n_kv_heads="60000"),
+                                           contains=("num_kv_heads 60000",))),
+    ("intermediate-size-huge", _cfg(intermediate_size="4000000000")),
+    ("multiple-of-huge", _cfg(intermediate_size="null", multiple_of="4000000000")),
+    ("ffn-multiplier-nan", _cfg(intermediate_size="null", ffn_dim_multiplier=".nan")),
 ])
 
 
@@ -828,6 +835,90 @@ variants("gguf", [
                                                               mode="check"))[1]),
     ("name-escapes", _check(lambda: gguf_file(llama_kvs(), [("\x1b[2J\nforged", (32, 2), 0, 0)],
                                               np.zeros(64, np.float32).tobytes()))),
+])
+
+
+# --- a directory of safetensors shards with its index; encrypted checkpoints; legacy rank trees ---------------------
+
+SHARDS = FIX / "qwen3" / "tied" / "shards"
+
+
+def _shards(mutate, culprit="index"):
+    def build(d):
+        root = d / "shards"
+        shutil.copytree(SHARDS, root)
+        target = {"index": root / "param_name_map.json", "shard": root / "model-00001-of-00002.safetensors"}
+        mutate(target)
+        return Case(["inspect", str(root)], target[culprit])
+    return build
+
+
+def _index(text):
+    return _shards(lambda t: t["index"].write_bytes(text if isinstance(text, bytes) else json.dumps(text).encode()))
+
+
+variants("shard-index", [
+    ("deep", _index(b"[" * 100000 + b"]" * 100000)),
+    ("not-object", _index([1, 2])),
+    ("outside", _index({"embedding.word_embeddings.weight": "../../etc/passwd"})),
+    ("value-not-string", _index({"embedding.word_embeddings.weight": 5})),
+    ("nan", _index(b'{"a": NaN}')),
+    ("fifo", _shards(lambda t: fifo(t["index"]))),
+    ("directory", _shards(lambda t: make_dir(t["index"]))),
+    ("shard-truncated", _shards(lambda t: t["shard"].write_bytes(t["shard"].read_bytes()[:100]), "shard")),
+    ("shard-fifo", _shards(lambda t: fifo(t["shard"]), "shard")),
+])
+
+ENCRYPTED = FIX / "ckpt" / "enc_AES-GCM_multiblock.ckpt"
+KEY16 = "30313233343536373839616263646566"
+
+
+def _encrypted(mutate, key=KEY16, mode="AES-GCM"):
+    def build(d):
+        path = d / "enc.ckpt"
+        shutil.copy(ENCRYPTED, path)
+        mutate(path)
+        return Case(["inspect", str(path), "--dec-key", key, "--dec-mode", mode], path)
+    return build
+
+
+variants("encrypted", [
+    ("truncated", _encrypted(lambda p: p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2]))),
+    ("header-only", _encrypted(lambda p: p.write_bytes(p.read_bytes()[:6]))),
+    ("block-length-huge", _encrypted(lambda p: p.write_bytes(p.read_bytes()[:4] + b"\xff\xff\xff\x7f"
+                                                             + p.read_bytes()[8:]))),
+    ("flipped", _encrypted(lambda p: p.write_bytes(p.read_bytes()[:60] + bytes([p.read_bytes()[60] ^ 1])
+                                                   + p.read_bytes()[61:]))),
+    ("wrong-key", _encrypted(lambda p: None, key="00" * 16)),
+    ("short-key", _encrypted(lambda p: None, key="0011")),
+    ("wrong-mode", _encrypted(lambda p: None, mode="SM4-CBC")),
+])
+
+
+def _legacy(mutate, culprit):
+    def build(d):
+        root = d / "save"
+        shutil.copytree(LEGACY, root, ignore=shutil.ignore_patterns("expected.json"))
+        target = {"rank0": root / "checkpoint" / "rank_0" / "qwen3_rank_0-1_10.safetensors",
+                  "rank1": root / "checkpoint" / "rank_1" / "qwen3_rank_1-1_10.safetensors"}
+        mutate(target)
+        return Case(["inspect", str(root / "checkpoint"), "--strategy", str(root / "strategy")], target[culprit])
+    return build
+
+
+variants("legacy-rank", [
+    ("truncated", _legacy(lambda t: t["rank1"].write_bytes(t["rank1"].read_bytes()[:500]), "rank1")),
+    ("fifo", _legacy(lambda t: fifo(t["rank1"]), "rank1")),
+    ("symlink-loop", _legacy(lambda t: symlink_loop(t["rank0"]), "rank0")),
+    ("header-deep", _legacy(lambda t: t["rank0"].write_bytes(safetensors_bytes(b"{" + b'"a":{' * 300 + b"}" * 301)),
+                            "rank0")),
+])
+variants("tokenizer-special", [
+    ("spm-symlink-loop", _spm(lambda p: symlink_loop(p["tok"]))),
+    ("spm-dev-zero", _spm(lambda p: (p["tok"].unlink(), os.symlink("/dev/zero", p["tok"])))),
+    ("json-directory", lambda d: qwen_case(d, "hf", "tok", lambda p: make_dir(p["tok"]))),
+    ("json-too-large", lambda d: qwen_case(d, "hf", "tok", lambda p: sparse(p["tok"], 3 << 30))),
+    ("tiktoken-fifo", lambda d: qwen_case(d, "tiktoken", "tok", lambda p: fifo(p["tok"]))),
 ])
 
 

@@ -15,11 +15,21 @@ F16_MAX = 65504.0
 _FLOATS = {"Float16": np.float16, "Float32": np.float32, "Float64": np.float64}
 
 
+def _range(block):
+    """(min, max) of a float block; NaN if any value is NaN (a reduction is the cheapest full pass)."""
+    if not block.size:
+        return 0.0, 0.0
+    return float(block.min()), float(block.max())
+
+
 def nonfinite(block, dtype_name):
     """How many values of a block (in the checkpoint dtype's numpy form) are NaN or infinite."""
     if dtype_name == "BFloat16":                    # raw uint16: exponent bits all ones
         return int(np.count_nonzero((block & 0x7F80) == 0x7F80))
     if dtype_name in _FLOATS:
+        low, high = _range(block)
+        if np.isfinite(low) and np.isfinite(high):
+            return 0
         return int(block.size - np.count_nonzero(np.isfinite(block)))
     return 0
 
@@ -29,6 +39,9 @@ def beyond_f16(block, dtype_name):
     if dtype_name == "BFloat16":
         block = (block.astype(np.uint32) << 16).view(np.float32)
     elif dtype_name not in ("Float32", "Float64"):
+        return 0
+    low, high = _range(block)
+    if -F16_MAX <= low and high <= F16_MAX:
         return 0
     magnitude = np.abs(block)
     return int(np.count_nonzero(magnitude > F16_MAX) - np.count_nonzero(np.isinf(magnitude)))

@@ -103,7 +103,7 @@ def after_conversion(args, out_path, plan, vocab, chat, log):
     if not wanted(args):
         return 0
     path = modelfile_path(out_path)
-    if chat.format is None:
+    if chat.format is None and not args.quiet:
         why = ("the chat template is not one of the built-in formats" if chat.jinja else "there is no chat template")
         print(f"ms2gguf: warning: {path.name} has no TEMPLATE: {why} (use --chat-template NAME; the GGUF's "
               "tokenizer.chat_template, if any, is used by newer Ollama)", file=sys.stderr)

@@ -6,6 +6,8 @@ becomes a generated ``rope_freqs`` tensor (generated.py); YaRN becomes metadata 
 "yarn" under ``rope_scaling`` (DeepSeek's deepseek2; moe-families.md §4.2-4.3).
 """
 
+import math
+
 from .errors import ConvertError
 
 NO_SCALING = (None, "none", "None", "default")
@@ -46,17 +48,30 @@ def _llama3(spec, config, config_path, key):
     out = {"type": "llama3", "factor": spec.get("factor", 8.0), "low_freq_factor": spec.get("low_freq_factor", 1.0),
            "high_freq_factor": spec.get("high_freq_factor", 4.0), "original_context_length": original}
     for name, value in out.items():
-        if name != "type" and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
-            raise ConvertError(f"{config_path}: {key}: {name} must be a positive number, not {value!r}")
+        if name != "type" and not _positive(value):
+            raise ConvertError(f"{config_path}: {key}: {name} must be a positive finite number, not {value!r}")
+    _context(out, config_path, key)
     if out["high_freq_factor"] <= out["low_freq_factor"]:
         raise ConvertError(f"{config_path}: {key}: high_freq_factor must be greater than low_freq_factor")
     return out
 
 
+def _positive(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            and math.isfinite(float(value) if abs(value) < 1e308 else math.inf))
+
+
+def _context(out, config_path, key):
+    value = out["original_context_length"]
+    if value != int(value) or not 0 < value < 1 << 32:
+        raise ConvertError(f"{config_path}: {key}: original_max_position_embeddings must be a whole number below 2^32, "
+                           f"not {value!r}")
+
+
 def _number(spec, name, config_path, key, default=None):
     value = spec.get(name, default)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ConvertError(f"{config_path}: {key}: {name} must be a positive number, not {value!r}")
+    if not _positive(value):
+        raise ConvertError(f"{config_path}: {key}: {name} must be a positive finite number, not {value!r}")
     return float(value)
 
 
@@ -71,6 +86,7 @@ def _yarn(spec, config, config_path, key):
            "beta_slow": _number(spec, "beta_slow", config_path, key, 1.0),
            "mscale": _number(spec, "mscale", config_path, key, 1.0),
            "mscale_all_dim": _number(spec, "mscale_all_dim", config_path, key, 1.0)}
+    _context(out, config_path, key)
     out["original_context_length"] = int(out["original_context_length"])
     return out
 

@@ -364,6 +364,35 @@ variants("config-value", [
 ])
 
 
+def _rope(old, new):
+    """The Llama 3.1 fixture (rope scaling) with one line of its scaling_factor changed."""
+    def build(d):
+        folder = FIX / "llama3" / "rope_scaled"
+        for name in ("model.ckpt", "config.yaml"):
+            shutil.copy(folder / name, d / name)
+        shutil.copytree(FIX / "llama3" / "tokenizer", d / "tok")
+        text = (d / "config.yaml").read_text()
+        assert text.count(old) == 1, old
+        (d / "config.yaml").write_text(text.replace(old, new))
+        p = {"ckpt": d / "model.ckpt", "config": d / "config.yaml", "tok": d / "tok" / "tokenizer.json",
+             "out": d / "out.gguf"}
+        return Case(convert_argv(p, "llama3"), p["config"], out=p["out"])
+    return build
+
+
+variants("config-rope", [
+    ("factor-nan", _rope("factor: 8.0", "factor: .nan")),
+    ("factor-inf", _rope("factor: 8.0", "factor: .inf")),
+    ("factor-string", _rope("factor: 8.0", "factor: eight")),
+    ("factor-negative", _rope("factor: 8.0", "factor: -8.0")),
+    ("low-freq-zero", _rope("low_freq_factor: 1.0", "low_freq_factor: 0")),
+    ("original-huge", _rope("original_max_position_embeddings: 64", "original_max_position_embeddings: 1.0e+300")),
+    ("original-fraction", _rope("original_max_position_embeddings: 64", "original_max_position_embeddings: 64.5")),
+    ("not-dict", _rope("    scaling_factor:\n      factor: 8.0", "    scaling_factor: 8.0\n    xfactor: 8.0")),
+    ("extend-method-unknown", _rope("extend_method: LLAMA3", "extend_method: NTK")),
+])
+
+
 def _cfg_text(text, name="config.yaml"):
     def build(d):
         def write(p):

@@ -424,6 +424,25 @@ variants("config-file", [
     ("json-list", _cfg_text("[1, 2]", "config.json")),
     ("json-invalid", _cfg_text('{"hidden_size": 64,', "config.json")),
 ])
+def _auto(config, culprit="config"):
+    """Auto-detection with a config of nonsense types (errors may name the checkpoint: no map fits it then)."""
+    def build(d):
+        p = qwen(d, "hf")
+        p["config"].unlink()
+        p["config"] = d / "config.json"
+        p["config"].write_text(json.dumps(config))
+        argv = [str(p["ckpt"]), str(p["out"]), "--config", str(p["config"]), "--tokenizer", str(p["tok"]), "-q"]
+        return Case(argv, p[culprit], out=p["out"])
+    return build
+
+
+variants("config-auto", [
+    ("architectures-nested", _auto({"architectures": [[1], {"a": 2}], "model_type": {"x": 1}, "hidden_size": 64},
+                                   "ckpt")),
+    ("model-type-number", _auto({"model_type": 7, "num_attention_heads": "4", "hidden_size": 64}, "ckpt")),
+    ("rope-parameters-list", _auto({"model_type": "qwen2", "rope_parameters": [1, 2], "rope_scaling": "yarn",
+                                    "num_attention_heads": 4, "hidden_size": 64, "num_hidden_layers": 2})),
+])
 variants("config-special", [
     ("fifo", lambda d: llama_case(d, "config", lambda p: fifo(p["config"]))),
     ("directory", lambda d: llama_case(d, "config", lambda p: make_dir(p["config"]))),

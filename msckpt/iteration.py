@@ -168,9 +168,9 @@ def _open(path, folder, files, optimizer):
     return IterationCheckpoint(path, folder, tensors, files, model_files, opt_files, common, optimizer, **facts)
 
 
-def _read_json(path, what):
+def _read_json(path, what, nonfinite=False):
     from .safeio import LARGE, load_json
-    data = load_json(path, what=what, limit=LARGE)
+    data = load_json(path, what=what, limit=LARGE, nonfinite=nonfinite)
     if not isinstance(data, dict):
         raise CheckpointError(path, f"{what} is not a JSON object")
     return data
@@ -178,7 +178,8 @@ def _read_json(path, what):
 
 def _read_common(path):
     from .safeio import present
-    return _read_json(path, "common.json") if present(path) else {}
+    # informational (step, loss scale): MindFormers' json.dump writes a diverged loss scale as NaN / Infinity
+    return _read_json(path, "common.json", nonfinite=True) if present(path) else {}
 
 
 def _read_metadata(path):

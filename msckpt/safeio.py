@@ -104,11 +104,13 @@ def _finite_float(text):
     return value
 
 
-def parse_json(text, path, error=CheckpointError, what=None, offset=None):
-    """Strict JSON: no NaN / Infinity / overflowing floats, nesting at most MAX_DEPTH."""
+def parse_json(text, path, error=CheckpointError, what=None, offset=None, nonfinite=False):
+    """Strict JSON: no NaN / Infinity / overflowing floats (``nonfinite``: allowed, for files that only inform, like
+    the loss scale in common.json), nesting at most MAX_DEPTH."""
     what = f"{what} is not" if what else "not"
+    strict = {} if nonfinite else {"parse_constant": _reject_constant, "parse_float": _finite_float}
     try:
-        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        data = json.loads(text, **strict)
     except json.JSONDecodeError as err:
         fail(error, path, f"{what} valid JSON ({err.msg} at line {err.lineno} column {err.colno})", offset)
     except RecursionError:
@@ -119,8 +121,8 @@ def parse_json(text, path, error=CheckpointError, what=None, offset=None):
     return data
 
 
-def load_json(path, error=CheckpointError, what="file", limit=SMALL):
-    return parse_json(read_text(path, error, what, limit), path, error)
+def load_json(path, error=CheckpointError, what="file", limit=SMALL, nonfinite=False):
+    return parse_json(read_text(path, error, what, limit), path, error, nonfinite=nonfinite)
 
 
 def parse_yaml(text, path, error=CheckpointError):

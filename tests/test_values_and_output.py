@@ -179,3 +179,15 @@ def test_escape():
     assert escape("a\x1b[2J\nb\u202e\x7f") == "a\\x1b[2J\\x0ab\\u202e\\x7f"
     assert escape("naïve 名前") == "naïve 名前"
     assert os.linesep not in escape("x" + os.linesep)
+
+
+def test_a_nan_loss_scale_in_common_json_is_shown_not_refused(tmp_path, capsys):
+    """common.json only informs (MindFormers' json.dump writes a diverged loss scale as NaN): inspect shows it."""
+    from gguf_out.cli import main
+    root = tmp_path / "save"
+    shutil.copytree(FIX / "mf_saves" / "ckpt2_tp2pp2dp2", root, ignore=shutil.ignore_patterns("expected.json"))
+    common = root / "iteration_00000010" / "common.json"
+    common.write_text(common.read_text().replace('"loss_scale": 1024.0', '"loss_scale": NaN'))
+    assert main(["inspect", str(root), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
+    assert info["checkpoint2"]["common"]["loss_scale"] == "nan"

@@ -19,6 +19,7 @@ only grows, so a late sample is still right; the bulk workers live until the end
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,7 @@ def run_processes(commands, parallel):
     """Run the commands, ``parallel`` at a time; wall seconds and {pid: (peak RSS, command)}."""
     sampler = Sampler()
     sampler.start()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     waiting = list(commands)
     running = []
@@ -102,9 +104,11 @@ def run_processes(commands, parallel):
                 running.remove(proc)
         time.sleep(0.01)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     sampler.stop.set()
     sampler.join()
-    return wall, {pid: (rss, sampler.names.get(pid, "?")) for pid, rss in sampler.peaks.items()}
+    return wall, cpu, {pid: (rss, sampler.names.get(pid, "?")) for pid, rss in sampler.peaks.items()}
 
 
 def _total_bytes(ckpt):
@@ -174,25 +178,31 @@ def main(argv=None):
             (args.work / name).mkdir(parents=True)
             commands, parallel = cases(args.ckpt, args.work, args.parts, size)[name]
             others = wait_quiet()
-            wall, procs = run_processes(commands, parallel)
+            wall, cpu, procs = run_processes(commands, parallel)
             files = sorted((args.work / name).iterdir())
             digest = {p.name: _digest(p) for p in files}
-            workers = {pid: rss for pid, (rss, cmd) in procs.items() if "python" in cmd}
-            runs.append({"case": name, "rep": rep, "wall": round(wall, 2), "files": digest,
+            # the processes that convert: the bulk pool's workers, else every ms2gguf process
+            workers = {pid: rss for pid, (rss, cmd) in procs.items() if "spawn_main" in cmd} or \
+                {pid: rss for pid, (rss, cmd) in procs.items() if "gguf_out.cli" in cmd}
+            driver = max((rss for pid, (rss, cmd) in procs.items() if " bulk " in cmd), default=None)
+            runs.append({"case": name, "rep": rep, "wall": round(wall, 2), "cpu": round(cpu, 2), "files": digest,
                          "processes": {str(pid): {"rss": rss, "cmd": cmd} for pid, (rss, cmd) in procs.items()},
-                         "max_rss": max(workers.values()), "quiet_wait": others})
-            print(f"{name:<10} rep {rep}: {wall:6.1f} s, {len(files)} files, max RSS "
-                  f"{max(workers.values()) / 1e6:.0f} MB over {len(workers)} python processes", flush=True)
+                         "max_rss": max(workers.values()), "driver_rss": driver, "quiet_wait": others})
+            print(f"{name:<10} rep {rep}: {wall:6.1f} s wall, {cpu:6.1f} s CPU, {len(files)} files, peak RSS per "
+                  f"worker {max(workers.values()) / 1e6:.0f} MB ({len(workers)} workers)"
+                  + (f", bulk driver {driver / 1e6:.0f} MB" if driver else ""), flush=True)
     split_digests = {json.dumps(r["files"], sort_keys=True) for r in runs if r["case"] != "one"}
     assert len(split_digests) == 1, "the split cases wrote different bytes"
     summary = {}
     for name in names:
         mine = [r for r in runs if r["case"] == name]
         summary[name] = {"wall_min": min(r["wall"] for r in mine), "wall_median": sorted(r["wall"] for r in mine)[
-            len(mine) // 2], "max_rss_mb": round(max(r["max_rss"] for r in mine) / 1e6)}
-    print("\n| case | wall (min / median of reps) | peak RSS of the largest process |\n|---|---|---|")
+            len(mine) // 2], "cpu_median": sorted(r["cpu"] for r in mine)[len(mine) // 2],
+            "max_rss_mb": round(max(r["max_rss"] for r in mine) / 1e6)}
+    print("\n| case | wall (min / median) | CPU (median) | peak RSS per worker |\n|---|---|---|---|")
     for name, s in summary.items():
-        print(f"| {name} | {s['wall_min']:.1f} / {s['wall_median']:.1f} s | {s['max_rss_mb']} MB |")
+        print(f"| {name} | {s['wall_min']:.1f} / {s['wall_median']:.1f} s | {s['cpu_median']:.1f} s | "
+              f"{s['max_rss_mb']} MB |")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()
     if args.json:

@@ -734,6 +734,14 @@ def check_file(path, family_maps=None):
     return check_set(paths, family_maps, first=report)
 
 
+def _first_of_set(path):
+    """The first file's path when ``path`` is named as split K > 1 of a set, else None."""
+    parsed = split.parse_name(path)
+    if parsed is None or parsed[1] == 1:
+        return None
+    return str(Path(path).with_name(split.NAME_FORMAT.format(Path(parsed[0]).name, 1, parsed[2])))
+
+
 def check_set(paths, family_maps=None, first=None):
     """One Report for a split set, ``paths`` in split order: each file's container and split keys, then the
     metadata (in the first file) and the tensors of all files together against the architecture."""
@@ -819,7 +827,13 @@ def build_parser():
 def main(argv):
     args = build_parser().parse_args(argv)
     status = 0
+    given = {os.path.abspath(f) for f in args.files}
     for path in args.files:
+        first = _first_of_set(path)
+        if first is not None and os.path.abspath(first) in given:
+            if not args.quiet:      # e.g. 'ms2gguf check *.gguf': the set is checked with its first file
+                print(f"{path}: split of {Path(first).name}, checked with it")
+            continue
         report = check_file(path)
         for problem in report.problems:
             print(f"{path}: {problem.level}: {problem.text}")

@@ -292,6 +292,11 @@ def test_check_validates_the_whole_set(tmp_path):
     status, printed = _check_cli(second)
     assert status == 1 and printed == (f"{second}: error: split 2 of 3: give the first file "
                                        "(m-00001-of-00003.gguf); it is checked with the whole set\n")
+    status, printed = _check_cli(third, second, first)      # as 'ms2gguf check *.gguf' would
+    assert status == 0 and printed.splitlines() == [
+        f"{third}: split of m-00001-of-00003.gguf, checked with it",
+        f"{second}: split of m-00001-of-00003.gguf, checked with it", f"{first}: ok (21 tensors, llama, 2 layers, "
+        "480 tokens, MOSTLY_F16, 294.3 KiB, 3 files)"]
     third.unlink()
     status, printed = _check_cli(first)
     assert status == 1 and "error: split 3 of 3 (m-00003-of-00003.gguf) is missing" in printed

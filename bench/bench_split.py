@@ -6,7 +6,8 @@
 Cases (each writes to a fresh folder; the split cases must give identical bytes):
 
 * ``one``        ``ms2gguf CKPT llama2 OUT --outtype q4_k_m --threads 2``: one process, both cores
-* ``one-split``  the same with ``--split-max-size S`` (S picked so the plan has ``--parts`` files): one process
+* ``one-1t``     the same with ``--threads 1``
+* ``one-split``  ``one`` with ``--split-max-size S`` (S picked so the plan has ``--parts`` files): one process
 * ``bulk``       ``ms2gguf bulk JOBS --workers 2``, one job with ``split_max_size: S``: one task per part on 2 local
   worker processes (1 thread each)
 * ``parts``      ``--parts`` separate ``ms2gguf ... --split-part K --threads 1`` processes, 2 at a time: what a
@@ -140,6 +141,8 @@ def cases(ckpt, work, parts, size):
     base = [str(ckpt), "llama2"]
     return {
         "one": ([MS2GGUF + base + [str(work / "one" / "m.gguf"), "--outtype", "q4_k_m", "--threads", "2", "-q"]], 1),
+        "one-1t": ([MS2GGUF + base + [str(work / "one-1t" / "m.gguf"), "--outtype", "q4_k_m", "--threads", "1",
+                                      "-q"]], 1),
         "one-split": ([MS2GGUF + base + [str(work / "one-split" / "m.gguf"), "--outtype", "q4_k_m", "--threads",
                                          "2", "--split-max-size", str(size), "-q"]], 1),
         "bulk": ([MS2GGUF + ["bulk", str(jobs), "--workers", "2"]], 1),
@@ -170,7 +173,7 @@ def main(argv=None):
     assert size, "no split size gives the requested number of parts"
     print(f"q4_k_m tensor data {total:,} bytes; --split-max-size {size} gives {args.parts} files", flush=True)
     runs = []
-    names = ["one", "one-split", "bulk", "parts"]
+    names = ["one", "one-1t", "one-split", "bulk", "parts"]
     for rep in range(args.reps):
         order = names if rep % 2 == 0 else names[::-1]
         for name in order:

@@ -2,6 +2,7 @@
 
     ms2gguf inspect CKPT [--json]         what a checkpoint holds
     ms2gguf check FILE.gguf               validate a GGUF file
+    ms2gguf bulk JOBS                     many conversions in parallel (local workers or Dask)
     ms2gguf CKPT MAP OUT [options]        convert (anything that is not a subcommand)
 """
 
@@ -15,14 +16,16 @@ from msckpt.encryption import MODES
 from .errors import ConvertError
 from .output import escape, escape_lines, escaped, write_json
 
-SUBCOMMANDS = ("inspect", "check")
+SUBCOMMANDS = ("inspect", "check", "bulk")
 
 USAGE = """\
 usage: ms2gguf CKPT [MAP] OUT [options]   convert a MindSpore checkpoint to GGUF (MAP: a map or 'auto')
        ms2gguf inspect CKPT [--json]      list what a checkpoint holds
-       ms2gguf check FILE.gguf            validate a GGUF file
+       ms2gguf check FILE.gguf            validate a GGUF file (the first file of a split set: the set)
+       ms2gguf bulk JOBS [--workers N | --scheduler tcp://HOST:PORT]   many conversions in parallel
 
-Run 'ms2gguf --help', 'ms2gguf inspect --help' or 'ms2gguf check --help' for the options."""
+Run 'ms2gguf --help', 'ms2gguf inspect --help', 'ms2gguf check --help' or 'ms2gguf bulk --help' for the
+options."""
 
 
 DEBUG_ENV = "MS2GGUF_DEBUG"        # set to 1: an internal error prints its traceback
@@ -127,6 +130,11 @@ def cmd_check(argv):
     return check_main(argv)
 
 
+def cmd_bulk(argv):
+    from .bulk import main as bulk_main
+    return bulk_main(argv)
+
+
 def cmd_convert(argv):
     from .conversion import main as convert_main
     return convert_main(argv)
@@ -148,7 +156,7 @@ def main(argv=None):
         except PackageNotFoundError:
             print("ms2gguf (not installed)")
         return 0
-    command = {"inspect": cmd_inspect, "check": cmd_check}.get(argv[0], None)
+    command = {"inspect": cmd_inspect, "check": cmd_check, "bulk": cmd_bulk}.get(argv[0], None)
     import warnings
 
     import numpy as np

@@ -970,6 +970,37 @@ variants("tokenizer-special", [
 ])
 
 
+# --- bulk job files ---------------------------------------------------------------------------------------------
+
+def _jobs(content, name="jobs.yaml"):
+    def build(d):
+        path = d / name
+        if content is None:
+            fifo(path)
+        elif isinstance(content, int):
+            sparse(path, content)
+        else:
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return Case(["bulk", str(path), "--workers", "1"], path)
+    return build
+
+
+variants("bulk-jobs", [
+    ("yaml-deep", _jobs("- " + "[" * 50000 + "]" * 50000 + "\n")),
+    ("yaml-billion-laughs", _jobs(LAUGHS.replace("model: {model_config: {hidden_size: 64, junk: *j}}",
+                                                 "jobs: [{ckpt: a, out: b, junk: *j}]"))),
+    ("yaml-invalid", _jobs("- {ckpt: [unclosed\n")),
+    ("yaml-huge-int", _jobs("- {ckpt: a, out: b, threads: " + "9" * 5000 + "}\n")),
+    ("json-nan", _jobs('[{"ckpt": "a", "out": "b", "threads": NaN}]', "jobs.json")),
+    ("json-deep", _jobs("[" * 100000 + "]" * 100000, "jobs.json")),
+    ("not-a-list", _jobs("ckpt: a\n")),
+    ("empty", _jobs("")),
+    ("fifo", _jobs(None)),
+    ("too-large", _jobs(100 << 20)),
+    ("not-utf8", _jobs(b"- {ckpt: \xff}\n")),
+])
+
+
 # --- decryption key sources -------------------------------------------------------------------------------------
 
 def _key_file(content):

@@ -12,6 +12,8 @@ from gguf import GGMLQuantizationType as T
 from .errors import ConvertError
 
 F16_MAX = 65504.0
+F16_INF = 65520.0          # from this magnitude on, rounding to F16 gives infinity (below it: 65504 at most)
+_BF16_INF = 0x4780         # bfloat16 magnitude bits of 65536, the first bfloat16 value beyond F16
 _FLOATS = {"Float16": np.float16, "Float32": np.float32, "Float64": np.float64}
 
 
@@ -35,16 +37,19 @@ def nonfinite(block, dtype_name):
 
 
 def beyond_f16(block, dtype_name):
-    """How many finite values of a block F16 cannot hold (they would become ±inf)."""
-    if dtype_name == "BFloat16":
-        block = (block.astype(np.uint32) << 16).view(np.float32)
-    elif dtype_name not in ("Float32", "Float64"):
+    """How many finite values of a block F16 cannot hold (rounded to F16 they would become ±inf)."""
+    if dtype_name == "BFloat16":                    # raw uint16: the magnitude bits order like the magnitudes
+        magnitude = block & 0x7FFF
+        if not magnitude.size or int(magnitude.max()) < _BF16_INF:
+            return 0
+        return int(np.count_nonzero((magnitude >= _BF16_INF) & (magnitude < 0x7F80)))
+    if dtype_name not in ("Float32", "Float64"):
         return 0
     low, high = _range(block)
-    if -F16_MAX <= low and high <= F16_MAX:
+    if -F16_INF < low and high < F16_INF:
         return 0
     magnitude = np.abs(block)
-    return int(np.count_nonzero(magnitude > F16_MAX) - np.count_nonzero(np.isinf(magnitude)))
+    return int(np.count_nonzero(magnitude >= F16_INF) - np.count_nonzero(np.isinf(magnitude)))
 
 
 class ValueCheck:
@@ -80,7 +85,8 @@ class ValueCheck:
             if count and not self.clamp_f16:
                 raise ConvertError(f"{self.where}: tensor '{out.source.name}' (GGUF {out.name}) has {count} "
                                    f"value{'s' if count > 1 else ''} beyond ±65504, which F16 cannot hold (they would "
-                                   "become infinite); --clamp-f16 clamps them, or use --outtype bf16 or f32")
+                                   "become infinite); --clamp-f16 clamps them to ±65504, or use --outtype bf16 or "
+                                   "f32")
             if count:
                 self.clamped[out.name] = self.clamped.get(out.name, 0) + count
                 from .encode import to_float32

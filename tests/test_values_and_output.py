@@ -191,3 +191,14 @@ def test_a_nan_loss_scale_in_common_json_is_shown_not_refused(tmp_path, capsys):
     assert main(["inspect", str(root), "--json"]) == 0
     info = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
     assert info["checkpoint2"]["common"]["loss_scale"] == "nan"
+
+
+def test_f16_overflow_is_exactly_what_rounds_to_infinity():
+    from gguf_out.finite import beyond_f16, nonfinite
+    values = np.array([65504, 65519.99, 65520, -1e6, np.inf, np.nan, 0], np.float32)
+    with np.errstate(over="ignore"):
+        expected = int(np.count_nonzero(np.isinf(values.astype(np.float16)) & np.isfinite(values)))
+    assert beyond_f16(values, "Float32") == expected == 2
+    assert nonfinite(values, "Float32") == 2
+    bf16 = (values.view(np.uint32) >> 16).astype(np.uint16)        # 65520 truncates to 65280 in bfloat16
+    assert beyond_f16(bf16, "BFloat16") == 1 and nonfinite(bf16, "BFloat16") == 2

@@ -216,7 +216,8 @@ def pad_to(vocab, rows):
         raise ConvertError(f"{vocab.source}: the tokenizer has {n} tokens but the embedding has only {rows} rows")
     taken = set(vocab.tokens)
     if len(taken) != n:
-        dupes = sorted({t for t in vocab.tokens if vocab.tokens.count(t) > 1})[:3]
+        from collections import Counter      # (list.count per token would be quadratic in the vocabulary)
+        dupes = sorted(t for t, k in Counter(vocab.tokens).items() if k > 1)[:3]
         raise ConvertError(f"{vocab.source}: duplicate tokens {dupes} (llama.cpp aborts on duplicates)")
     added = getattr(vocab, "added_beyond", {})
     beyond = [i for i in added if i >= rows]

@@ -338,3 +338,48 @@ def test_legacy_without_yarn_needs_no_rope_scaling(tmp_path):
 def test_auto_picks_deepseek3_for_the_legacy_names(capsys):
     assert main([str(ckpt_of("deepseek3/legacy_infer")), "x.gguf", "--tokenizer", str(TOKENIZER), "--dry-run"]) == 0
     assert "map: deepseek3 (" in capsys.readouterr().err
+
+
+# --- chat template and Modelfile -----------------------------------------------------------------------------------
+
+def test_published_template_kept_and_modelfile_has_the_deepseek3_format(tmp_path):
+    """tokenizer_config.json's template (DeepSeek-V3's published one) goes into the GGUF as it is; the Modelfile gets
+    the built-in deepseek3 format it is recognised as."""
+    import shutil
+
+    from test_modelfile import read_modelfile, values
+
+    from gguf_out.templates import DEEPSEEK3
+
+    out = tmp_path / "ds.gguf"
+    assert main([str(ckpt_of("deepseek3/train")), "deepseek3", str(out), "--tokenizer", str(TOKENIZER), "-q",
+                 "--modelfile"]) == 0
+    published = json.loads((TOKENIZER.parent / "tokenizer_config.json").read_text())["chat_template"]
+    assert gguf_value(GGUFReader(out), "tokenizer.chat_template") == published
+    commands = read_modelfile(tmp_path / "ds.Modelfile")
+    assert values(commands, "template") == [DEEPSEEK3.go]
+    assert values(commands, "parameter stop") == ["<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"]
+    # without a tokenizer_config.json the map's default is the built-in deepseek3 template
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(TOKENIZER, bare / "tokenizer.json")
+    out = tmp_path / "bare.gguf"
+    assert main([str(ckpt_of("deepseek3/train")), "deepseek3", str(out), "--tokenizer", str(bare / "tokenizer.json"),
+                 "-q"]) == 0
+    assert gguf_value(GGUFReader(out), "tokenizer.chat_template") == DEEPSEEK3.jinja
+
+
+def test_llama_cpp_tokenizes_a_chat_prompt_like_tokenizers(converted):
+    """The rendered prompt's role markers are single tokens in llama.cpp as in tokenizers."""
+    from llamacpp import LlamaModel
+    from test_templates import WITH_SYSTEM, hf_render
+
+    from gguf_out.templates import DEEPSEEK3
+
+    prompt = hf_render(DEEPSEEK3.jinja, WITH_SYSTEM, "deepseek3")
+    exp = json.loads((FIXTURES / "bpe" / "deepseek3" / "expected.json").read_text())
+    ids = {text: i for i, text, _ in exp["specials"]}
+    with LlamaModel(converted("deepseek3/train"), n_ctx=128) as model:
+        got = model.tokenize(prompt, add_special=False, parse_special=True)
+    assert got[0] == ids["<｜begin▁of▁sentence｜>"] and got.count(ids["<｜User｜>"]) == 2
+    assert got.count(ids["<｜Assistant｜>"]) == 2 and ids["<｜end▁of▁sentence｜>"] in got

@@ -246,6 +246,10 @@ def build(ckpt, fmap, config, config_path, options):
         encode.check_float(tensor)
     groups = group_entries(mapped, ckpt.path)
     hp = hparams.resolve(fmap, config, config_path)
+    for name, regex in fmap.tensor_flags.items():     # save kinds told by names (e.g. legacy inference format)
+        hp.put(name, any(regex.search(t.name) for t, *_ in mapped), f"the checkpoint's names ({regex.pattern})")
+    for group in groups:            # before the shapes are read: a rule's shape depends on the rule chosen
+        group.rule = _rule_that_holds(fmap, group, hp, ckpt.path)
     hparams.complete(hp, _observe(groups, fmap, ckpt.path, hp), config_path)
     _check_constraints(fmap, hp, ckpt.path)
     num_layers = int(hp["num_layers"])
@@ -264,8 +268,6 @@ def build(ckpt, fmap, config, config_path, options):
     ctx = steps_mod.StepContext(hp, layouts, options.train_tp,
                                 fmap.permutes_rope(config) and options.rope_layout == "hf", str(ckpt.path))
     order = {id(rule): k for k, rule in enumerate(fmap.rules)}
-    for group in groups:
-        group.rule = _rule_that_holds(fmap, group, hp, ckpt.path)
     for group in sorted(groups, key=lambda g: (g.layer, order[id(g.rule)])):
         if group.layer >= num_layers:
             if fmap.extra_layers:

@@ -7,7 +7,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 
-from . import kquants
+from . import quant
 from .errors import ConvertError
 
 # the checkpoint dtypes whose bytes are already a GGUF type
@@ -27,8 +27,8 @@ def to_float32(block, dtype_name):
 def encode_rows(block, dtype_name, ggml_type, threads=1):
     """Bytes of ``block`` (rows in the checkpoint's dtype) as ``ggml_type``, on up to ``threads`` cores.
 
-    Rows are independent, so a block is cut into row ranges encoded in parallel (numpy and the
-    quantizers release the GIL in their inner loops) and joined in order.
+    Rows are independent, so a block is cut into row ranges encoded in parallel (numpy and the compiled
+    quantizers of gguf_out.quant release the GIL) and joined in order.
     """
     if SAME_BYTES.get(dtype_name) == ggml_type:
         return np.ascontiguousarray(block)
@@ -47,8 +47,8 @@ def _encode(block, dtype_name, ggml_type):
         return np.ascontiguousarray(values, dtype=np.float32)
     if ggml_type == T.F16:
         return values.astype(np.float16)
-    if ggml_type in kquants.K_TYPES:
-        return kquants.quantize(values.reshape(-1, values.shape[-1]), ggml_type)
+    if ggml_type in quant.TYPES:
+        return quant.quantize(values.reshape(-1, values.shape[-1]), ggml_type)
     return quants.quantize(np.ascontiguousarray(values), ggml_type)
 
 

@@ -13,7 +13,9 @@ from tqdm import tqdm
 
 from msckpt import open_checkpoint
 
-from . import check, detect, hparams, metadata, modelfile, plan as planning, quant_policy, templates
+from . import check, detect, hparams, metadata, modelfile, quant_policy, templates, weighted
+from . import imatrix as imatrix_mod
+from . import plan as planning
 from . import vocab as vocabulary
 from .encode import encode_rows
 from .errors import ConvertError
@@ -46,6 +48,9 @@ def build_parser():
                    "q4_k_m, q5_k_s, q5_k_m, q6_k. Norms and biases stay F32. Several, comma-separated, write "
                    "several files from one read of the checkpoint; OUT must then contain {ftype} "
                    "(default: f16)")
+    p.add_argument("--imatrix", metavar="FILE", help="importance matrix from llama.cpp's llama-imatrix (GGUF or "
+                   "legacy imatrix.dat), used as llama-quantize --imatrix uses it: by the quantized types (Q8_0 "
+                   "ignores it) and in llama-quantize's per-tensor choices for every quantized --outtype")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="N",
                    help="cores used for converting and quantizing (default: all, %(default)s)")
     p.add_argument("--rope-layout", choices=("hf", "meta"), default="hf",
@@ -157,6 +162,7 @@ def run(args):
         raise ConvertError(f"{args.ckpt}: no config.yaml / config.json beside the checkpoint; pass --config")
     config = hparams.read_config(config_path)
     tokenizer_path = _tokenizer_path(args, fmap) if fmap else None
+    imatrix = imatrix_mod.load(args.imatrix) if args.imatrix else None
 
     shards = {k: v for k, v in (("strategy", args.strategy), ("step", args.step)) if v is not None}
     with open_checkpoint(args.ckpt, dec_key=args.dec_key, dec_mode=args.dec_mode, verify_crc=args.verify_crc,
@@ -172,8 +178,13 @@ def run(args):
         vocabulary.pad_to(vocab, int(plan.hp["vocab_size"]))
         chat = templates.apply(args.chat_template, vocab, fmap.for_tokenizer(vocab.kind))
         name = args.name or Path(args.ckpt).stem
-        targets = [_target(outtype, path, plan, fmap, vocab, name) for outtype, path in zip(args.outtype, out_paths)]
-        for warning in vocab.warnings + plan.notes + [n for t in targets[1:] for n in t.notes]:
+        targets = [_target(outtype, path, plan, fmap, vocab, name, imatrix)
+                   for outtype, path in zip(args.outtype, out_paths)]
+        unused = [t.outtype for t in targets if imatrix is not None and t.weights is None]
+        if unused:
+            log(args, f"note: --imatrix does not apply to {', '.join(unused)} (not quantized)")
+        imatrix_warnings = list(dict.fromkeys(w for t in targets for w in t.imatrix_warnings))
+        for warning in vocab.warnings + plan.notes + [n for t in targets[1:] for n in t.notes] + imatrix_warnings:
             print(f"ms2gguf: warning: {warning}", file=sys.stderr)
         for fact in plan.facts:
             log(args, f"note: {fact}")
@@ -191,19 +202,36 @@ def run(args):
 
 
 class Target:
-    """One output file: its --outtype preset, path, per-tensor types and metadata."""
+    """One output file: its --outtype preset, path, per-tensor types and metadata, and with an importance matrix
+    the importances per tensor ([n_expert, n_per_row] or None)."""
 
-    def __init__(self, outtype, path, types, kvs):
+    def __init__(self, outtype, path, types, kvs, weights=None, imatrix_warnings=()):
         self.outtype, self.path, self.kvs = outtype, path, kvs
         self.types = [t for t, _ in types]
         self.notes = [note for _, note in types if note]
+        self.weights = weights
+        self.imatrix_warnings = list(imatrix_warnings)
         self.size = 0
 
 
-def _target(outtype, path, plan, fmap, vocab, name):
-    types = plan.types(outtype)
+def _target(outtype, path, plan, fmap, vocab, name, imatrix=None):
+    preset = quant_policy.preset(outtype)
+    use = imatrix is not None and preset.quantized
+    types = plan.types(outtype, has_imatrix=use)
     notes = [(t, f"{o.name}: {note}" if note else None) for o, (t, note) in zip(plan.outputs, types)]
-    return Target(outtype, path, notes, metadata.build(fmap, plan, vocab, quant_policy.preset(outtype), name))
+    kvs = metadata.build(fmap, plan, vocab, preset, name)
+    if not use:
+        return Target(outtype, path, notes, kvs)
+    weights, warnings = [], []
+    for o, (t, _) in zip(plan.outputs, types):
+        w = None
+        if t not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+            # llama-quantize looks every quantized tensor up (a wrong length stops it even for Q8_0)
+            w, warning = imatrix.for_tensor(o.name, o.shape)
+            if warning and t in weighted.WEIGHTED_TYPES:
+                warnings.append(warning)
+        weights.append(w)
+    return Target(outtype, path, notes, kvs + imatrix.kvs(), weights, warnings)
 
 
 def _train_tp(args, ckpt, fmap, config):
@@ -247,7 +275,8 @@ def _write(targets, plan, args, fmap):
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="writing",
                   disable=args.quiet, file=sys.stderr, leave=False) as bar:
             for i, out in enumerate(plan.outputs):
-                _write_tensor([(t.writer, t.types[i]) for t in targets], out, bar, args.threads)
+                _write_tensor([(t.writer, t.types[i], t.weights[i] if t.weights else None) for t in targets],
+                              out, bar, args.threads)
         # no fsync: the rename guarantees that a failed or interrupted run leaves nothing at OUT; durability
         # against power loss is the filesystem's business, and an fsync would cost as much as the copy itself
         for target in targets:
@@ -283,10 +312,11 @@ def _check_output(tmp_name, out_path, fmap):
 
 
 def _write_tensor(writers, out, bar, threads):
-    """One output tensor into each (writer, ggml type): kernel copies where the bytes are the checkpoint's,
-    otherwise the tensor is read once, band by band (plan.bands), and each band encoded for each type."""
+    """One output tensor into each (writer, ggml type, importances or None): kernel copies where the bytes are the
+    checkpoint's, otherwise the tensor is read once, band by band (plan.bands), and each band encoded for each
+    type (with the importances of the expert its rows belong to)."""
     encoded = []
-    for writer, ggml_type in writers:
+    for writer, ggml_type, weights in writers:
         writer.begin_tensor(out.name)
         if out.copies_as(ggml_type):
             tensor = out.source
@@ -295,15 +325,36 @@ def _write_tensor(writers, out, bar, threads):
                 writer.copy_range(tensor.source.fileno(), offset, length)
                 bar.update(length)
         else:
-            encoded.append((writer, ggml_type))
+            encoded.append((writer, ggml_type, weights))
     if encoded:
+        rows_per_expert = math.prod(out.shape[1:-1]) if len(out.shape) == 3 else None
+        row = 0
         for band in planning.bands(out):
-            for writer, ggml_type in encoded:
-                data = encode_rows(band, out.dtype_name, ggml_type, threads)
-                writer.write(memoryview(data).cast("B"))
-                bar.update(data.nbytes)
-    for writer, _ in writers:
+            for writer, ggml_type, weights in encoded:
+                for lo, hi, w in _expert_runs(row, len(band) if band.ndim > 1 else 1, rows_per_expert, weights):
+                    data = encode_rows(band[lo:hi] if band.ndim > 1 else band, out.dtype_name, ggml_type,
+                                       threads, w)
+                    writer.write(memoryview(data).cast("B"))
+                    bar.update(data.nbytes)
+            row += len(band) if band.ndim > 1 else 1
+    for writer, _, _ in writers:
         writer.end_tensor()
+
+
+def _expert_runs(row, n_rows, rows_per_expert, weights):
+    """(lo, hi, importances) for the rows [row, row + n_rows) of a band: one run per expert they belong to
+    (llama-quantize gives each expert its own slice of the entry), or one run."""
+    if weights is None:
+        return [(0, n_rows, None)]
+    if rows_per_expert is None:
+        return [(0, n_rows, weights[0])]
+    runs, lo = [], 0
+    while lo < n_rows:
+        expert = (row + lo) // rows_per_expert
+        hi = min(n_rows, (expert + 1) * rows_per_expert - row)
+        runs.append((lo, hi, weights[expert]))
+        lo = hi
+    return runs
 
 
 def _print_plan(plan, targets, stream):

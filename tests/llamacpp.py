@@ -367,9 +367,10 @@ def row_size(ggml_type: int, n: int) -> int:
     return int(library().ggml_row_size(int(ggml_type), int(n)))
 
 
-def quantize_chunk(ggml_type: int, data: np.ndarray) -> bytes:
-    """Quantize float32 rows ``[nrows, n_per_row]`` with ggml's reference quantizer (``ggml_quantize_chunk``, no
-    importance matrix). Returns ``nrows * row_size(ggml_type, n_per_row)`` bytes."""
+def quantize_chunk(ggml_type: int, data: np.ndarray, imatrix=None) -> bytes:
+    """Quantize float32 rows ``[nrows, n_per_row]`` with ggml's quantizer (``ggml_quantize_chunk``), without an
+    importance matrix or with ``imatrix`` (``n_per_row`` float32 importances, ``quant_weights``).
+    Returns ``nrows * row_size(ggml_type, n_per_row)`` bytes."""
     lib = library()
     ggml_type = int(ggml_type)
     data = np.ascontiguousarray(data, dtype=np.float32)
@@ -377,13 +378,18 @@ def quantize_chunk(ggml_type: int, data: np.ndarray) -> bytes:
         raise ValueError(f"expected a 2-D [nrows, n_per_row] array, got shape {data.shape}")
     nrows, n_per_row = data.shape
     # ggml aborts the whole process on these, so check first
-    if lib.ggml_quantize_requires_imatrix(ggml_type):
+    if imatrix is not None:
+        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        if imatrix.size != data.shape[1]:
+            raise ValueError(f"{imatrix.size} importance weights for rows of {data.shape[1]}")
+    elif lib.ggml_quantize_requires_imatrix(ggml_type):
         raise ValueError(f"ggml type {ggml_type} cannot be quantized without an importance matrix")
     block = lib.ggml_blck_size(ggml_type)
     if block <= 0 or n_per_row % block:
         raise ValueError(f"row length {n_per_row} is not a multiple of the block size {block} of ggml type {ggml_type}")
     out = ctypes.create_string_buffer(nrows * row_size(ggml_type, n_per_row))
-    written = lib.ggml_quantize_chunk(ggml_type, data.ctypes.data, out, 0, nrows, n_per_row, None)
+    weights = None if imatrix is None else imatrix.ctypes.data
+    written = lib.ggml_quantize_chunk(ggml_type, data.ctypes.data, out, 0, nrows, n_per_row, weights)
     if written != len(out):
         raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {len(out)}")
     return out.raw

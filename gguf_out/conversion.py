@@ -19,7 +19,9 @@ from gguf import GGMLQuantizationType
 
 from msckpt import open_checkpoint
 
-from . import check, detect, hparams, metadata, modelfile, plan as planning, quant_policy, split, templates
+from . import check, detect, hparams, metadata, modelfile, quant_policy, split, templates, weighted
+from . import imatrix as imatrix_mod
+from . import plan as planning
 from . import vocab as vocabulary
 from .encode import encode_rows
 from .cli import dec_key, machine_cores
@@ -63,6 +65,9 @@ def build_parser():
     p.add_argument("--split-part", type=_positive, default=None, metavar="K",
                    help="write only split K (1-based, as in the file names) of the split plan: N processes, on "
                    "any machines and in any order, write the same set as one run")
+    p.add_argument("--imatrix", metavar="FILE", help="importance matrix from llama.cpp's llama-imatrix (GGUF or "
+                   "legacy imatrix.dat), used as llama-quantize --imatrix uses it: by the quantized types (Q8_0 "
+                   "ignores it) and in llama-quantize's per-tensor choices for every quantized --outtype")
     p.add_argument("--threads", type=int, default=machine_cores(), metavar="N",
                    help="cores used for converting and quantizing, at most the machine's (default: all, "
                    "%(default)s)")
@@ -223,6 +228,7 @@ def run(args):
         raise ConvertError(f"{args.ckpt}: no config.yaml / config.json beside the checkpoint; pass --config")
     config = hparams.read_config(config_path)
     tokenizer_path = _tokenizer_path(args, fmap) if fmap else None
+    imatrix = imatrix_mod.load(args.imatrix) if args.imatrix else None
 
     result = Result()
     shards = {k: v for k, v in (("strategy", args.strategy), ("step", args.step)) if v is not None}
@@ -239,7 +245,7 @@ def run(args):
         vocabulary.pad_to(vocab, int(plan.hp["vocab_size"]))
         chat = templates.apply(args.chat_template, vocab, fmap.for_tokenizer(vocab.kind))
         name = args.name or Path(args.ckpt).stem
-        targets = [_target(outtype, path, plan, fmap, vocab, name, args)
+        targets = [_target(outtype, path, plan, fmap, vocab, name, args, imatrix)
                    for outtype, path in zip(args.outtype, out_paths)]
         result.outputs = {t.outtype: [s.path for s in t.shards] for t in targets}
         result.skipped = list(plan.skipped)
@@ -247,7 +253,11 @@ def run(args):
         if planning_only:
             return result
         _choose_parts(targets, args)
-        for warning in vocab.warnings + plan.notes + [n for t in targets[1:] for n in t.notes]:
+        unused = [t.outtype for t in targets if imatrix is not None and t.weights is None]
+        if unused:
+            log(args, f"note: --imatrix does not apply to {', '.join(unused)} (not quantized)")
+        imatrix_warnings = list(dict.fromkeys(w for t in targets for w in t.imatrix_warnings))
+        for warning in vocab.warnings + plan.notes + [n for t in targets[1:] for n in t.notes] + imatrix_warnings:
             warn(args, warning)
         for fact in plan.facts:
             log(args, f"note: {fact}")
@@ -282,13 +292,16 @@ def run(args):
 
 
 class Target:
-    """One output: its --outtype preset, OUT path, per-tensor types and metadata, and its files (shards: one, or
-    the splits of a set); parts are the shards this run writes."""
+    """One output: its --outtype preset, OUT path, per-tensor types and metadata, its files (shards: one, or
+    the splits of a set; parts are the shards this run writes) and with an importance matrix the importances per
+    tensor ([n_expert, n_per_row] or None)."""
 
-    def __init__(self, outtype, path, types, kvs):
+    def __init__(self, outtype, path, types, kvs, weights=None, imatrix_warnings=()):
         self.outtype, self.path, self.kvs = outtype, path, kvs
         self.types = [t for t, _ in types]
         self.notes = [note for _, note in types if note]
+        self.weights = weights
+        self.imatrix_warnings = list(imatrix_warnings)
         self.shards = []
         self.parts = []
 
@@ -305,10 +318,25 @@ class Shard:
     size: int = 0
 
 
-def _target(outtype, path, plan, fmap, vocab, name, args):
-    types = plan.types(outtype)
+def _target(outtype, path, plan, fmap, vocab, name, args, imatrix=None):
+    preset = quant_policy.preset(outtype)
+    use = imatrix is not None and preset.quantized
+    types = plan.types(outtype, has_imatrix=use)
     notes = [(t, f"{o.name}: {note}" if note else None) for o, (t, note) in zip(plan.outputs, types)]
-    target = Target(outtype, path, notes, metadata.build(fmap, plan, vocab, quant_policy.preset(outtype), name))
+    kvs = metadata.build(fmap, plan, vocab, preset, name)
+    weights, warnings = None, []
+    if use:
+        weights = []
+        for o, (t, _) in zip(plan.outputs, types):
+            w = None
+            if t not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+                # llama-quantize looks every quantized tensor up (a wrong length stops it even for Q8_0)
+                w, warning = imatrix.for_tensor(o.name, o.shape)
+                if warning and t in weighted.WEIGHTED_TYPES:
+                    warnings.append(warning)
+            weights.append(w)
+        kvs = kvs + imatrix.kvs()
+    target = Target(outtype, path, notes, kvs, weights, warnings)
     target.nbytes = [TensorInfo(o.name, o.shape, t).nbytes for o, t in zip(plan.outputs, target.types)]
     groups = split.plan(target.nbytes, args.split_max_size, args.split_max_tensors)
     paths = split.names(path, len(groups))
@@ -393,7 +421,8 @@ def _write(targets, plan, args, fmap):
         values = ValueCheck(args.ckpt, args.allow_nonfinite, args.clamp_f16)
         with progress(total, "writing", args.quiet) as bar:
             for i, out in enumerate(plan.outputs):
-                writers = [(shard.writer, target.types[i]) for target, shard in jobs if shard.first <= i < shard.stop]
+                writers = [(shard.writer, target.types[i], target.weights[i] if target.weights else None)
+                           for target, shard in jobs if shard.first <= i < shard.stop]
                 if writers:
                     _write_tensor(writers, out, bar, args.threads, values)
         for warning in values.warnings():
@@ -467,12 +496,13 @@ def _check_output(target, fmap, quiet=False):
 
 
 def _write_tensor(writers, out, bar, threads, values=None):
-    """One output tensor into each (writer, ggml type): kernel copies where the bytes are the checkpoint's,
-    otherwise the tensor is read once, band by band (plan.bands), and each band encoded for each type. ``values``
-    (finite.ValueCheck) scans the values on the way: non-finite ones, and what F16 cannot hold."""
+    """One output tensor into each (writer, ggml type, importances or None): kernel copies where the bytes are the
+    checkpoint's, otherwise the tensor is read once, band by band (plan.bands), and each band encoded for each
+    type (with the importances of the expert its rows belong to). ``values`` (finite.ValueCheck) scans the values
+    on the way: non-finite ones, and what F16 cannot hold."""
     encoded = []
     scanned = values is None
-    for writer, ggml_type in writers:
+    for writer, ggml_type, weights in writers:
         writer.begin_tensor(out.name)
         if out.copies_as(ggml_type):
             tensor = out.source
@@ -486,17 +516,39 @@ def _write_tensor(writers, out, bar, threads, values=None):
                 writer.copy_range(tensor.source.fileno(), offset, length)
                 bar.update(length)
         else:
-            encoded.append((writer, ggml_type))
+            encoded.append((writer, ggml_type, weights))
     if encoded:
+        rows_per_expert = math.prod(out.shape[1:-1]) if len(out.shape) == 3 else None
+        row = 0
         for band in planning.bands(out):
-            blocks = values.band(out, band, out.dtype_name, {t for _, t in encoded}) if values is not None else \
-                {t: (band, out.dtype_name) for _, t in encoded}
-            for writer, ggml_type in encoded:
-                data = encode_rows(*blocks[ggml_type], ggml_type, threads)
-                writer.write(memoryview(data).cast("B"))
-                bar.update(data.nbytes)
-    for writer, _ in writers:
+            blocks = values.band(out, band, out.dtype_name, {t for _, t, _ in encoded}) if values is not None else \
+                {t: (band, out.dtype_name) for _, t, _ in encoded}
+            for writer, ggml_type, weights in encoded:
+                data_band, dtype_name = blocks[ggml_type]
+                for lo, hi, w in _expert_runs(row, len(band) if band.ndim > 1 else 1, rows_per_expert, weights):
+                    data = encode_rows(data_band[lo:hi] if band.ndim > 1 else data_band, dtype_name, ggml_type,
+                                       threads, w)
+                    writer.write(memoryview(data).cast("B"))
+                    bar.update(data.nbytes)
+            row += len(band) if band.ndim > 1 else 1
+    for writer, _, _ in writers:
         writer.end_tensor()
+
+
+def _expert_runs(row, n_rows, rows_per_expert, weights):
+    """(lo, hi, importances) for the rows [row, row + n_rows) of a band: one run per expert they belong to
+    (llama-quantize gives each expert its own slice of the entry), or one run."""
+    if weights is None:
+        return [(0, n_rows, None)]
+    if rows_per_expert is None:
+        return [(0, n_rows, weights[0])]
+    runs, lo = [], 0
+    while lo < n_rows:
+        expert = (row + lo) // rows_per_expert
+        hi = min(n_rows, (expert + 1) * rows_per_expert - row)
+        runs.append((lo, hi, weights[expert]))
+        lo = hi
+    return runs
 
 
 def _print_plan(plan, targets, stream):

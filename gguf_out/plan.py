@@ -56,13 +56,14 @@ class Plan:
     arch: str = "llama"
     facts: list = field(default_factory=list)     # notes: how something was converted exactly (e.g. folded)
 
-    def types(self, outtype):
+    def types(self, outtype, has_imatrix=False):
         """[(ggml type, fallback note)] per output for an --outtype preset: llama-quantize's per-tensor mixing
-        for the K-quant presets, one type for every weight otherwise (gguf_out/quant_policy.py)."""
+        for the K-quant presets (and for every quantized preset with an importance matrix), one type for every
+        weight otherwise (gguf_out/quant_policy.py)."""
         return quant_policy.assign_types([(o.name, o.shape) for o in self.outputs], quant_policy.preset(outtype),
                                          n_head=int(self.hp["num_heads"]), n_head_kv=int(self.hp["num_kv_heads"]),
                                          n_layer=self.num_layers, n_expert=int(self.hp.get("n_expert") or 0),
-                                         arch=self.arch)
+                                         arch=self.arch, has_imatrix=has_imatrix)
 
 
 @dataclass

@@ -18,7 +18,9 @@ wrong) and non-zero ``B`` (MindFormers initialises it to zero; a trained adapter
 * ``<v>/base.ckpt``    (unfused only) the base network alone;
 * ``<v>/config.yaml``  the LlamaConfig with ``pet_config`` as a MindFormers fine-tuning yaml has it;
 * ``<v>/tokens.json``, ``<v>/logits.npy``  the LoRA network's logits at every position (eval mode, dropout 0);
-  ``<v>/base_logits.npy`` the base network's (the LoRA must move them).
+  ``<v>/base_logits.npy`` the base network's (the LoRA must move them);
+* ``mcore/model.ckpt`` + ``config.json``: mcore naming (``*.lora_A.weight`` / ``*.lora_B.weight``) from a real
+  ``TrainingQwen3ForCausalLM`` with LoRA (generate_mcore; no logits: the mcore network does not run on CPU).
 
 The tokenizer is tests/fixtures/llama/tokenizer (not copied). Every logit is checked against a float64 NumPy forward
 pass of the merged weights ``W + (alpha / r) B @ A``.
@@ -201,19 +203,72 @@ def generate(out_dir: Path, work: Path) -> dict:
     return report
 
 
+MCORE_TARGETS = r".*linear_qkv|.*linear_proj|.*linear_fc1|.*linear_fc2"
+
+
+def generate_mcore(out_dir: Path, work: Path) -> dict:
+    """mcore/model.ckpt: the qwen3/tied fixture's weights in a real TrainingQwen3ForCausalLM wrapped by
+    get_pet_model (parallel_core's ColumnParallelLinearWithLoRA / RowParallelLinearWithLoRA: lora_A.weight
+    [r, in], lora_B.weight [out, r]) and saved by it. The mcore network does not run on CPU, so there are no
+    logits; the tests compare the merged GGUF with base GGUF + adapter in llama.cpp, and with the weights merged in
+    NumPy."""
+    import mindspore as ms
+    from mindformers.core.context.build_context import build_context
+    from mindformers.pet import get_pet_model
+
+    import gen_qwen_fixtures as Q
+
+    build_context({"context": {"mode": 0, "device_target": "CPU"}, "use_legacy": False, "run_mode": "train",
+                   "parallel": {}})
+    source = HERE / "fixtures" / "qwen3" / "tied"
+    base = {n: v for n, (_, v) in G.read_ckpt(source / "model.ckpt").items()}
+    net, _ = Q.qwen3_net(Q.MCORE["qwen3/tied"], 0)
+    lnet = get_pet_model(net, {"pet_type": "lora", "lora_rank": RANK, "lora_alpha": ALPHA, "lora_dropout": 0.0,
+                               "target_modules": MCORE_TARGETS, "freeze_include": ["*"],
+                               "freeze_exclude": ["*lora*"]})
+    rs = np.random.RandomState(1503)
+    params = dict(base)
+    for p in lnet.get_parameters():
+        if ".lora_A." in p.name:
+            params[p.name] = rs.normal(0, 1 / np.sqrt(p.shape[1]), tuple(p.shape)).astype(np.float32)
+        elif ".lora_B." in p.name:
+            params[p.name] = rs.normal(0, 0.1 / np.sqrt(RANK), tuple(p.shape)).astype(np.float32)
+    names = {p.name for p in lnet.get_parameters()}
+    if names != set(params):
+        raise RuntimeError(f"mcore LoRA network: net-only {sorted(names - set(params))[:4]}, ours-only "
+                           f"{sorted(set(params) - names)[:4]}")
+    for p in lnet.get_parameters():
+        p.set_data(ms.Tensor(params[p.name], dtype=p.dtype))
+    vdir = out_dir / "mcore"
+    vdir.mkdir(parents=True, exist_ok=True)
+    G.save_ckpt(lnet, vdir / "model.ckpt", work)
+    shutil.copyfile(source / "config.json", vdir / "config.json")
+    shutil.copyfile(source / "tokens.json", vdir / "tokens.json")
+    trainable = sorted(p.name for p in lnet.trainable_params())
+    back = G.read_ckpt(vdir / "model.ckpt")
+    assert all(np.array_equal(v, params[n]) for n, (_, v) in back.items())
+    return {"mcore": dict(lora=[(n, list(params[n].shape)) for n in trainable[:4]], n_lora=len(trainable),
+                          trainable_are_lora=all("lora_" in n for n in trainable))}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--mcore", action="store_true", help="only the mcore fixture (run in its own process by "
+                    "default: MindFormers' mcore context is graph mode)")
     args = ap.parse_args(argv)
     out_dir = args.out.resolve()
     cwd = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="gen_lora_fixtures_") as tmp:
         G.setup_environment(Path(tmp))
         try:
-            report = generate(out_dir, Path(tmp))
+            report = generate_mcore(out_dir, Path(tmp)) if args.mcore else generate(out_dir, Path(tmp))
         finally:
             import os
             os.chdir(cwd)
+    if not args.mcore:
+        import subprocess
+        subprocess.run([sys.executable, __file__, "--out", str(out_dir), "--mcore"], check=True)
     print(json.dumps(report, indent=1))
     for f in sorted(out_dir.rglob("*")):
         if f.is_file():

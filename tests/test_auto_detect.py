@@ -49,6 +49,8 @@ CASES = {
     "deepseek3/train/model.ckpt": (QWEN_BPE, "deepseek3"),
     "deepseek3/concat/model.ckpt": (QWEN_BPE, "deepseek3"),
     "deepseek3/noq/model.ckpt": (QWEN_BPE, "deepseek3"),
+    "lora/unfused/model.ckpt": (LLAMA_SPM, "llama2"),          # base weights + LoRA: chosen by the base weights
+    "lora/fused/model.ckpt": (LLAMA_SPM, "llama2"),
 }
 
 

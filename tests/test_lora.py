@@ -1,0 +1,272 @@
+"""LoRA fine-tunes end to end: MindFormers 2.1.0 LoRA checkpoints -> merged GGUF, or base GGUF + LoRA adapter GGUF
+-> llama.cpp logits == the real MindFormers LoRA network's.
+
+The fixtures (tests/fixtures/lora, tests/gen_lora_fixtures.py) are tiny legacy Llamas wrapped by MindFormers' own
+pet LoRA (mindpet LoRADense, rank 4, alpha 16: scale 4) with non-zero B, saved whole (base + LoRA), as the
+trainable parameters only (with the adapter_config.json MindFormers writes), and (unfused) the base alone.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from conftest import BOUNDS, FIXTURES, TOKENIZER, convert, gguf_value, relative_error
+from gguf import GGMLQuantizationType as T, GGUFReader
+
+from llamacpp import LlamaModel
+
+LORA = FIXTURES / "lora"
+VARIANTS = ["unfused", "fused"]
+
+
+def reference(variant, name="logits.npy"):
+    return json.loads((LORA / variant / "tokens.json").read_text())["ids"], np.load(LORA / variant / name)
+
+
+def logits(path, ids, adapter=None):
+    with LlamaModel(path, lora=adapter) as model:
+        return model.logits(ids)
+
+
+def assert_close(got, ref, outtype, what):
+    bound, share = BOUNDS[outtype]
+    error = relative_error(got, ref)
+    assert error <= bound, f"{what}: relative logit error {error:.2e} > {bound}"
+    assert float((got.argmax(1) == ref.argmax(1)).mean()) >= share
+
+
+def assert_wrong(got, ref, what):
+    error = relative_error(got, ref)
+    assert error > 10 * BOUNDS["f32"][0], f"{what}: relative logit error only {error:.2e}"
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """GGUF paths converted once per (variant, checkpoint, options)."""
+    folder = tmp_path_factory.mktemp("lora")
+    cache = {}
+
+    def get(variant, ckpt="model.ckpt", *options):
+        key = (variant, ckpt, options)
+        if key not in cache:
+            out = folder / f"{variant}-{len(cache)}.gguf"
+            assert convert(LORA / variant / ckpt, out, *options) == 0
+            cache[key] = out
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_merged_logits_match_mindformers_lora(made, variant, outtype):
+    """The default for a checkpoint with LoRA tensors: merged, W + alpha/r B @ A, before the map's transforms."""
+    ids, ref = reference(variant)
+    assert_close(logits(made(variant, "model.ckpt", "--outtype", outtype), ids), ref, outtype, f"{variant} merged")
+
+
+def test_lora_only_checkpoint_merged_into_base(made):
+    """--base: a save_trainable_params checkpoint merged into its base (config and tokenizer found beside it)."""
+    ids, ref = reference("unfused")
+    path = made("unfused", "lora/lora.ckpt", "--base", LORA / "unfused" / "base.ckpt", "--outtype", "f32")
+    assert_close(logits(path, ids), ref, "f32", "--base merge")
+    whole = made("unfused", "model.ckpt", "--outtype", "f32")
+    assert [(t.name, t.data.tobytes()) for t in GGUFReader(path).tensors] == \
+        [(t.name, t.data.tobytes()) for t in GGUFReader(whole).tensors]
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_adapter_on_base_matches_mindformers_lora(made, variant, outtype):
+    """--lora adapter from the LoRA-only save (hparams from the yaml), loaded on the base GGUF by llama.cpp's
+    adapter API at scale 1 (llama.cpp applies adapter.lora.alpha / rank itself)."""
+    ids, ref = reference(variant)
+    base = made(variant, "model.ckpt", "--lora", "skip", "--outtype", "f32")
+    adapter = made(variant, "lora/lora.ckpt", "--lora", "adapter", "--config", LORA / variant / "config.yaml",
+                   "--outtype", outtype)
+    assert_close(logits(base, ids, adapter), ref, outtype, f"{variant} base + adapter")
+
+
+def test_adapter_metadata_and_tensors(made):
+    path = made("fused", "lora/lora.ckpt", "--lora", "adapter", "--config", LORA / "fused" / "config.yaml")
+    reader = GGUFReader(path)
+    assert gguf_value(reader, "general.type") == "adapter"
+    assert gguf_value(reader, "general.architecture") == "llama"
+    assert gguf_value(reader, "adapter.type") == "lora"
+    assert gguf_value(reader, "adapter.lora.alpha") == 16.0
+    tensors = {t.name: t for t in reader.tensors}
+    # the fused w_qkv's B split into Q / K / V rows (permuted for Q and K), one A shared; gate/up likewise
+    assert set(tensors) == {f"blk.{i}.{w}.weight.lora_{ab}" for i in range(2) for ab in "ab" for w in
+                            ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
+    assert list(tensors["blk.0.attn_q.weight.lora_a"].shape) == [64, 4]      # ne: [in, r]
+    assert list(tensors["blk.0.attn_q.weight.lora_b"].shape) == [4, 64]      # ne: [r, out]
+    assert list(tensors["blk.0.attn_k.weight.lora_b"].shape) == [4, 16]
+    assert all(t.tensor_type == T.F32 for t in reader.tensors)               # adapters default to F32
+    a = {n: tensors[f"blk.0.{n}.weight.lora_a"].data for n in ("attn_q", "attn_k", "attn_v")}
+    assert np.array_equal(a["attn_q"], a["attn_k"]) and np.array_equal(a["attn_q"], a["attn_v"])
+
+
+def test_adapter_from_whole_save_equals_lora_only(made):
+    whole = made("unfused", "model.ckpt", "--lora", "adapter")
+    only = made("unfused", "lora/lora.ckpt", "--lora", "adapter", "--config", LORA / "unfused" / "config.yaml")
+    assert [(t.name, t.data.tobytes()) for t in GGUFReader(whole).tensors] == \
+        [(t.name, t.data.tobytes()) for t in GGUFReader(only).tensors]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# negative controls: each mistake the tests above would catch
+
+
+def test_lora_dropped_is_the_base_model(made):
+    ids, ref = reference("unfused")
+    path = made("unfused", "model.ckpt", "--lora", "skip", "--outtype", "f32")
+    assert_wrong(logits(path, ids), ref, "--lora skip")
+    _, base = reference("unfused", "base_logits.npy")
+    assert_close(logits(path, ids), base, "f32", "--lora skip vs the base network")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_merge_without_the_scale_is_wrong(tmp_path, variant):
+    """alpha = r (scale 1) instead of MindFormers' alpha / r = 4."""
+    ids, ref = reference(variant)
+    folder = tmp_path / variant
+    shutil.copytree(LORA / variant, folder)
+    doc = yaml.safe_load((folder / "config.yaml").read_text())
+    del doc["model"]["model_config"]["pet_config"]
+    (folder / "config.yaml").write_text(yaml.safe_dump(doc))
+    out = tmp_path / "unscaled.gguf"
+    assert convert(folder / "model.ckpt", out, "--outtype", "f32", "--lora-alpha", "4") == 0
+    assert_wrong(logits(out, ids), ref, "merged with scale 1")
+
+
+def test_merge_with_b_a_transposed_is_wrong(tmp_path, monkeypatch):
+    """(B @ A)^T added to the square weights (wq, wo) instead of B @ A."""
+    from gguf_out import lora
+
+    original = lora.MergedTensor.read_box
+
+    def transposed(self, box):
+        if self.shape[0] != self.shape[1]:
+            return original(self, box)
+        (r0, r1), (c0, c1) = box
+        w = self.base.read_box(box).astype(np.float32)
+        delta = (self.pair.b.array() @ self.pair.a.array()).T
+        return w + self.scale * delta[r0:r1, c0:c1]
+
+    monkeypatch.setattr(lora.MergedTensor, "read_box", transposed)
+    ids, ref = reference("unfused")
+    out = tmp_path / "transposed.gguf"
+    assert convert(LORA / "unfused" / "model.ckpt", out, "--outtype", "f32") == 0
+    assert_wrong(logits(out, ids), ref, "B @ A transposed")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_adapter_without_the_b_permutation_is_wrong(made, variant):
+    """The rope permutation left off lora_b (--rope-layout meta for the adapter only) on a correct base."""
+    ids, ref = reference(variant)
+    base = made(variant, "model.ckpt", "--lora", "skip", "--outtype", "f32")
+    adapter = made(variant, "model.ckpt", "--lora", "adapter", "--rope-layout", "meta")
+    assert_wrong(logits(base, ids, adapter), ref, "lora_b not permuted")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# where alpha comes from, and the errors
+
+
+def test_alpha_from_adapter_config_json(tmp_path, capsys):
+    """No pet_config in the yaml: MindFormers' adapter_config.json beside the LoRA checkpoint gives alpha."""
+    ids, ref = reference("unfused")
+    folder = tmp_path / "lora"
+    shutil.copytree(LORA / "unfused" / "lora", folder)
+    doc = yaml.safe_load((LORA / "unfused" / "config.yaml").read_text())
+    del doc["model"]["model_config"]["pet_config"]
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(doc))
+    out = tmp_path / "m.gguf"
+    assert convert(folder / "lora.ckpt", out, "--base", LORA / "unfused" / "base.ckpt", "--config",
+                   tmp_path / "base.yaml", "--outtype", "f32") == 0
+    assert_close(logits(out, ids), ref, "f32", "alpha from adapter_config.json")
+
+
+def test_no_alpha_is_an_error(tmp_path, capsys):
+    doc = yaml.safe_load((LORA / "unfused" / "config.yaml").read_text())
+    del doc["model"]["model_config"]["pet_config"]
+    shutil.copy(LORA / "unfused" / "model.ckpt", tmp_path / "model.ckpt")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(doc))
+    out = tmp_path / "x.gguf"
+    assert convert(tmp_path / "model.ckpt", out) == 1
+    err = capsys.readouterr().err
+    assert "no lora_alpha" in err and "--lora-alpha" in err and err.count("\n") == 1
+    assert not out.exists() and not list(tmp_path.glob(".x.gguf*"))
+
+
+def test_rank_contradicting_the_tensors_is_an_error(tmp_path, capsys):
+    doc = yaml.safe_load((LORA / "unfused" / "config.yaml").read_text())
+    doc["model"]["model_config"]["pet_config"]["lora_rank"] = 8
+    shutil.copy(LORA / "unfused" / "model.ckpt", tmp_path / "model.ckpt")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(doc))
+    assert convert(tmp_path / "model.ckpt", tmp_path / "x.gguf") == 1
+    assert "rank is 8" in capsys.readouterr().err
+
+
+def test_alpha_option_contradicting_the_config_is_an_error(tmp_path, capsys):
+    assert convert(LORA / "unfused" / "model.ckpt", tmp_path / "x.gguf", "--lora-alpha", "8") == 1
+    assert "contradicts" in capsys.readouterr().err
+
+
+def test_lora_only_checkpoint_without_base_cannot_merge(tmp_path, capsys):
+    assert convert(LORA / "unfused" / "lora" / "lora.ckpt", tmp_path / "x.gguf", "--config",
+                   LORA / "unfused" / "config.yaml") == 1
+    err = capsys.readouterr().err
+    assert "no base weight" in err and "--base" in err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--lora", "adapter", "--modelfile"], "use --lora merge"),
+    (["--lora", "adapter", "--outtype", "q4_k_m"], "an adapter is written as one of"),
+    (["--lora", "adapter", "--outtype", "f16,f32"], "an adapter is written as one of"),
+])
+def test_adapter_option_errors(tmp_path, capsys, options, message):
+    assert convert(LORA / "unfused" / "model.ckpt", tmp_path / "x.gguf", *options) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_adapter_or_base_without_lora_tensors_is_an_error(tmp_path, capsys):
+    plain = LORA / "unfused" / "base.ckpt"
+    assert convert(plain, tmp_path / "x.gguf", "--lora", "adapter", "--config", LORA / "unfused" / "config.yaml") == 1
+    assert "no LoRA tensors" in capsys.readouterr().err
+
+
+def test_skip_says_so_and_verbose_lists_merged_entries(tmp_path, capsys):
+    from gguf_out.cli import main
+
+    assert main([str(LORA / "unfused" / "model.ckpt"), "llama2", str(tmp_path / "s.gguf"), "--tokenizer",
+                 str(TOKENIZER), "--lora", "skip"]) == 0
+    assert "--lora skip: 28 LoRA tensors" in capsys.readouterr().err
+    assert main([str(LORA / "unfused" / "model.ckpt"), "llama2", str(tmp_path / "m.gguf"), "--tokenizer",
+                 str(TOKENIZER), "-v"]) == 0
+    err = capsys.readouterr().err
+    assert "LoRA merged into 14 weights: W + 4 B @ A (alpha 16" in err
+    assert "skip   model.layers.0.attention.wq.mindpet_delta_lora_a  (LoRA, merged into " \
+           "model.layers.0.attention.wq.weight)" in err
+
+
+def test_auto_map_with_lora(tmp_path):
+    """auto picks the map from the base weights, the LoRA tensors left aside."""
+    out = tmp_path / "auto.gguf"
+    assert convert(LORA / "unfused" / "model.ckpt", out, map_name="auto") == 0
+
+
+def test_check_validates_adapters(made, tmp_path):
+    from gguf_out.check import check_file
+
+    path = made("unfused", "model.ckpt", "--lora", "adapter")
+    report = check_file(path)
+    assert not report.problems and "LoRA adapter, 14 pairs, rank 4, alpha 16" in report.summary()
+    data = bytearray(path.read_bytes())
+    at = data.find(b"attn_q.weight.lora_b")
+    data[at:at + len(b"attn_q.weight.lora_b")] = b"attn_q.weight.lora_c"
+    (tmp_path / "bad.gguf").write_bytes(bytes(data))
+    texts = [p.text for p in check_file(tmp_path / "bad.gguf").errors]
+    assert any("not a LoRA tensor" in t for t in texts) and any("no lora_b partner" in t for t in texts)

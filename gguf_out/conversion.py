@@ -242,12 +242,17 @@ def _lora_view(args, ckpt, base, pairs, mode, config, config_path):
         view = lora.View(ckpt, drop=names, base=base)
         return view, [], [f"--lora skip: {len(names)} LoRA tensors of {ckpt.path} left out; this GGUF is the base "
                           "model, not the fine-tune"], [(n, "LoRA (--lora skip)") for n in names]
-    alpha, rank, where = lora.scaling(pairs, config, config_path, Path(args.ckpt).resolve().parent
-                                      if not Path(args.ckpt).is_dir() else Path(args.ckpt), args.lora_alpha,
+    alpha, rank, where = lora.scaling(pairs, config, config_path, _lora_dir(args), args.lora_alpha,
                                       args.lora_rank)
     view = lora.merged_view(ckpt, pairs, alpha / rank, base)
     fact = (f"LoRA merged into {len(pairs)} weights: W + {alpha / rank:g} B @ A (alpha {alpha:g} from {where})")
     return view, [fact], [], [(n, f"LoRA, merged into {p.base}") for p in pairs for n in (p.a.name, p.b.name)]
+
+
+def _lora_dir(args):
+    """Where an adapter_config.json of the LoRA checkpoint would be: beside it (inside it, for a directory)."""
+    path = Path(args.ckpt).resolve()
+    return path if path.is_dir() else path.parent
 
 
 def _check_adapter_options(args):
@@ -261,8 +266,7 @@ def _check_adapter_options(args):
 
 def _run_adapter(args, ckpt, base, pairs, fmap, config, config_path, out_path, started):
     """OUT as a llama.cpp LoRA adapter GGUF of the base model the map would make."""
-    alpha, rank, where = lora.scaling(pairs, config, config_path, Path(args.ckpt).resolve().parent
-                                      if not Path(args.ckpt).is_dir() else Path(args.ckpt), args.lora_alpha,
+    alpha, rank, where = lora.scaling(pairs, config, config_path, _lora_dir(args), args.lora_alpha,
                                       args.lora_rank)
     names = lora.lora_names(pairs)
     holder = base if base is not None else ckpt

@@ -19,8 +19,9 @@ wrong) and non-zero ``B`` (MindFormers initialises it to zero; a trained adapter
 * ``<v>/config.yaml``  the LlamaConfig with ``pet_config`` as a MindFormers fine-tuning yaml has it;
 * ``<v>/tokens.json``, ``<v>/logits.npy``  the LoRA network's logits at every position (eval mode, dropout 0);
   ``<v>/base_logits.npy`` the base network's (the LoRA must move them);
-* ``mcore/model.ckpt`` + ``config.json``: mcore naming (``*.lora_A.weight`` / ``*.lora_B.weight``) from a real
-  ``TrainingQwen3ForCausalLM`` with LoRA (generate_mcore; no logits: the mcore network does not run on CPU).
+* ``mcore/model.ckpt`` + ``config.json`` + ``adapter_config.json``: mcore naming (``*.lora_A.weight`` /
+  ``*.lora_B.weight``) from a real ``TrainingQwen3ForCausalLM`` with LoRA (generate_mcore; no logits: the mcore
+  network does not run on CPU).
 
 The tokenizer is tests/fixtures/llama/tokenizer (not copied). Every logit is checked against a float64 NumPy forward
 pass of the merged weights ``W + (alpha / r) B @ A``.
@@ -244,6 +245,12 @@ def generate_mcore(out_dir: Path, work: Path) -> dict:
     G.save_ckpt(lnet, vdir / "model.ckpt", work)
     shutil.copyfile(source / "config.json", vdir / "config.json")
     shutil.copyfile(source / "tokens.json", vdir / "tokens.json")
+    written = list(Path(work / "mf_output").rglob("adapter_config.json")) + \
+        list(Path(work).glob("output/adapter_config.json"))
+    if not written:
+        raise RuntimeError("MindFormers' PetModel wrote no adapter_config.json")
+    shutil.copyfile(max(written, key=lambda p: p.stat().st_mtime), vdir / "adapter_config.json")
+    (vdir / "adapter_config.json").chmod(0o644)
     trainable = sorted(p.name for p in lnet.trainable_params())
     back = G.read_ckpt(vdir / "model.ckpt")
     assert all(np.array_equal(v, params[n]) for n, (_, v) in back.items())

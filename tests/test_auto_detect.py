@@ -51,6 +51,7 @@ CASES = {
     "deepseek3/noq/model.ckpt": (QWEN_BPE, "deepseek3"),
     "lora/unfused/model.ckpt": (LLAMA_SPM, "llama2"),          # base weights + LoRA: chosen by the base weights
     "lora/fused/model.ckpt": (LLAMA_SPM, "llama2"),
+    "lora/mcore/model.ckpt": (QWEN_BPE, "qwen3"),
 }
 
 

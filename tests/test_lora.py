@@ -115,6 +115,17 @@ def test_adapter_from_whole_save_equals_lora_only(made):
         [(t.name, t.data.tobytes()) for t in GGUFReader(only).tensors]
 
 
+def test_adapter_with_base_checks_it(made, tmp_path, capsys):
+    """--lora adapter --base: planned on the real base weights (same tensors); a base of another shape is refused."""
+    only = made("unfused", "lora/lora.ckpt", "--lora", "adapter", "--config", LORA / "unfused" / "config.yaml")
+    with_base = made("unfused", "lora/lora.ckpt", "--lora", "adapter", "--base", LORA / "unfused" / "base.ckpt")
+    assert [(t.name, t.data.tobytes()) for t in GGUFReader(only).tensors] == \
+        [(t.name, t.data.tobytes()) for t in GGUFReader(with_base).tensors]
+    assert convert(LORA / "unfused" / "lora" / "lora.ckpt", tmp_path / "x.gguf", "--lora", "adapter", "--base",
+                   FIXTURES / "llama" / "mha" / "model.ckpt", "--config", LORA / "unfused" / "config.yaml") == 1
+    assert "error" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # negative controls: each mistake the tests above would catch
 
@@ -270,3 +281,92 @@ def test_check_validates_adapters(made, tmp_path):
     (tmp_path / "bad.gguf").write_bytes(bytes(data))
     texts = [p.text for p in check_file(tmp_path / "bad.gguf").errors]
     assert any("not a LoRA tensor" in t for t in texts) and any("no lora_b partner" in t for t in texts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mcore naming: a real TrainingQwen3ForCausalLM with LoRA (it does not run on CPU, so no MindFormers logits)
+
+MCORE = LORA / "mcore"
+QWEN_BPE = FIXTURES / "qwen2" / "tokenizer" / "tokenizer.json"
+
+
+def mcore(made_path, *options):
+    return convert(MCORE / "model.ckpt", made_path, "--outtype", "f32", *options, map_name="qwen3",
+                   tokenizer=QWEN_BPE)
+
+
+@pytest.fixture(scope="module")
+def mcore_made(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mcore")
+    out = {}
+    for name, options in (("merged", []), ("base", ["--lora", "skip"]), ("adapter", ["--lora", "adapter"]),
+                          ("adapter_contiguous", ["--lora", "adapter", "--fused-layout", "contiguous"])):
+        out[name] = folder / f"{name}.gguf"
+        assert mcore(out[name], *options) == 0
+    return out
+
+
+def test_mcore_merged_equals_the_numpy_merge(mcore_made, tmp_path):
+    """linear_qkv / linear_proj / linear_fc1 / linear_fc2 LoRA (alpha from MindFormers' adapter_config.json) merged
+    before the grouped QKV and interleaved gate/up splits: the same GGUF as the weights merged in NumPy."""
+    import msckpt
+    from conftest import write_ckpt
+
+    with msckpt.open_checkpoint(MCORE / "model.ckpt") as ckpt:
+        arrays = {t.name: t.array().astype(np.float32) for t in ckpt}
+    scale = np.float32(json.loads((MCORE / "adapter_config.json").read_text())["lora_alpha"] / 4)
+    entries = []
+    for name, array in arrays.items():
+        prefix = name[:-len(".weight")]
+        if ".lora_" in name:
+            continue
+        if prefix + ".lora_A.weight" in arrays:
+            array = array + scale * (arrays[prefix + ".lora_B.weight"] @ arrays[prefix + ".lora_A.weight"])
+        entries.append((name, "Float32", array))
+    assert len(arrays) - len(entries) == 16
+    folder = tmp_path / "m"
+    write_ckpt(folder / "model.ckpt", entries)
+    shutil.copy(MCORE / "config.json", folder / "config.json")
+    out = tmp_path / "numpy.gguf"
+    assert convert(folder / "model.ckpt", out, "--outtype", "f32", map_name="qwen3", tokenizer=QWEN_BPE) == 0
+    ours = {t.name: np.array(t.data) for t in GGUFReader(mcore_made["merged"]).tensors}
+    theirs = {t.name: np.array(t.data) for t in GGUFReader(out).tensors}
+    assert set(ours) == set(theirs)
+    for name in ours:
+        assert np.allclose(ours[name], theirs[name], rtol=1e-6, atol=1e-6), name
+
+
+def test_mcore_adapter_on_base_equals_merged(mcore_made):
+    ids = json.loads((MCORE / "tokens.json").read_text())["ids"]
+    merged = logits(mcore_made["merged"], ids)
+    assert_close(logits(mcore_made["base"], ids, mcore_made["adapter"]), merged, "f32", "mcore base + adapter")
+    assert_wrong(logits(mcore_made["base"], ids), merged, "mcore LoRA dropped")
+    # negative control: B's rows split as contiguous [Q; K; V] / [gate; up] instead of MindFormers' interleaved
+    assert_wrong(logits(mcore_made["base"], ids, mcore_made["adapter_contiguous"]), merged, "B split wrongly")
+
+
+def test_mcore_adapter_tensors(mcore_made):
+    reader = GGUFReader(mcore_made["adapter"])
+    assert gguf_value(reader, "general.architecture") == "qwen3"
+    assert gguf_value(reader, "adapter.lora.alpha") == 16.0
+    shapes = {t.name: list(t.shape) for t in reader.tensors}
+    assert len(shapes) == 2 * 7 * 2
+    assert shapes["blk.1.attn_q.weight.lora_b"] == [4, 96]         # 4 heads x head_dim 24 of the fused linear_qkv
+    assert shapes["blk.1.attn_k.weight.lora_b"] == [4, 48]
+    assert shapes["blk.1.ffn_gate.weight.lora_b"] == [4, 96]
+    assert shapes["blk.1.attn_output.weight.lora_a"] == [96, 4]
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([("m.wq.mindpet_delta_lora_a", (4, 8))], "has no B half"),
+    ([("m.wq.lora_A.weight", (2, 4, 8)), ("m.wq.lora_B.weight", (2, 8, 4))], "not 2-D"),
+    ([("m.wq.lora_a", (4, 8)), ("m.wq.lora_b", (8, 2))], "disagree on the rank"),
+])
+def test_malformed_lora_pairs_are_errors(tmp_path, capsys, entries, message):
+    from conftest import write_ckpt
+
+    write_ckpt(tmp_path / "model.ckpt", [("m.wq.weight", "Float32", np.zeros((8, 8), np.float32))] +
+               [(n, "Float32", np.zeros(s, np.float32)) for n, s in entries])
+    shutil.copy(LORA / "unfused" / "config.yaml", tmp_path / "config.yaml")
+    assert convert(tmp_path / "model.ckpt", tmp_path / "x.gguf") == 1
+    assert message in capsys.readouterr().err

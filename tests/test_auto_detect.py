@@ -53,6 +53,9 @@ CASES = {
     "deepseek3/legacy_train/model.ckpt": (DEEPSEEK_BPE, "deepseek3"),
     "deepseek3/legacy_gmm/model.ckpt": (DEEPSEEK_BPE, "deepseek3"),
     "deepseek3/legacy_infer/model.ckpt": (DEEPSEEK_BPE, "deepseek3"),
+    "lora/unfused/model.ckpt": (LLAMA_SPM, "llama2"),          # base weights + LoRA: chosen by the base weights
+    "lora/fused/model.ckpt": (LLAMA_SPM, "llama2"),
+    "lora/mcore/model.ckpt": (QWEN_BPE, "qwen3"),
 }
 
 

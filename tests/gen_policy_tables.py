@@ -8,6 +8,7 @@ heads, experts), so the truth is produced once on small synthetic models with re
 * mixtral - legacy Llama with 8 experts (llama.cpp's n_expert == 8 rules)
 * qwen3moe - mcore Qwen3-MoE with 16 experts (expert tensors, n_expert != 8)
 * deepseek2 - mcore DeepSeek-V3 with MLA (attn_k_b / attn_v_b), a leading dense layer, 8 experts and a shared one
+  (tests/gen_quant_tables.py needs the gguf package in the llama-cpp-python venv too)
 
 Each is written as a MindSpore checkpoint by our own record writer (values do not matter), converted to F16 by
 ms2gguf, then quantized by llama.cpp's ``llama_model_quantize`` for every preset (tests/gen_quant_tables.py, in a

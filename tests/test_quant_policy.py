@@ -426,3 +426,18 @@ def test_the_plan_passes_the_expert_count():
     got = {n: t.name for (n, _), (t, _) in zip(tensors, plan.types("q4_k_m"))}
     assert got == {n: t.upper() for n, t in table["types"]["q4_k_m"].items()}
     assert got["blk.0.attn_v.weight"] == "Q8_0" and got["blk.0.attn_k.weight"] == "Q8_0"
+
+
+def test_deepseek2_table_through_the_plan():
+    """DeepSeek-V3's MLA tensors (attn_k_b rows of 128 fall back, as in the 671B model) and its 8 experts: the plan's
+    hyperparameters give llama-quantize's types; without the expert count attn_output would not be bumped."""
+    from gguf_out.plan import Output, Plan
+
+    table, tensors = table_case(next(p for p in TABLES if p.stem == "deepseek2"))
+    want = {n: t.upper() for n, t in table["types"]["q4_k_m"].items()}
+    for n_expert in (8, 0):
+        hp = {"num_heads": table["hparams"]["nh"], "num_kv_heads": table["hparams"]["nkv"], "n_expert": n_expert}
+        plan = Plan([Output(n, None, s) for n, s in tensors], [], hp, table["hparams"]["layers"], arch="deepseek2")
+        got = {n: t.name for (n, _), (t, _) in zip(tensors, plan.types("q4_k_m"))}
+        assert (got == want) == (n_expert == 8)
+    assert want["blk.1.attn_k_b.weight"] == "Q5_0" and want["blk.1.attn_output.weight"] == "Q5_K"

@@ -108,8 +108,11 @@ def _groups(spec, hp, k, arch):
 
 def _gating(hp):
     function = hp.get("score_function")
-    if hp.source.get("score_function") == "default" and hp.get("gating_sigmoid") is not None:
-        function = None             # the legacy moe_config's use_gating_sigmoid says, not the family's default
+    legacy_training = hp.get("legacy_training")
+    if hp.source.get("score_function") == "default" and (hp.get("gating_sigmoid") is not None or legacy_training):
+        # the legacy moe_config's use_gating_sigmoid says, not the family's default; the research training network
+        # reads it with MoEConfig's default False (softmax); its inference network always scores by sigmoid
+        function = None
     if isinstance(function, str) and function.lower() in FIXED_GATING:
         return function.lower()
     return "sigmoid" if hp.get("gating_sigmoid") else "softmax"

@@ -312,6 +312,8 @@ def test_legacy_router_settings(tmp_path, capsys):
     group limit; group_limited_greedy scores groups by their best expert, which llama.cpp cannot do."""
     code, out = convert_with(tmp_path, legacy_yaml(tmp_path, use_gating_sigmoid=False))
     assert code == 0 and gguf_value(GGUFReader(out), "deepseek2.expert_gating_func") == 1
+    code, out = convert_with(tmp_path, legacy_yaml(tmp_path, use_gating_sigmoid=None))  # MoEConfig's default
+    assert code == 0 and gguf_value(GGUFReader(out), "deepseek2.expert_gating_func") == 1
     code, out = convert_with(tmp_path, legacy_yaml(tmp_path, topk_method=None))
     assert code == 0 and "deepseek2.expert_group_count" not in GGUFReader(out).fields
     capsys.readouterr()

@@ -14,6 +14,7 @@ from msckpt import CheckpointError, open_checkpoint
 from msckpt.encryption import MODES
 
 from .errors import ConvertError
+from .publish import Terminated, outcome, signals_cleaned_up
 
 SUBCOMMANDS = ("inspect", "check")
 
@@ -105,15 +106,19 @@ def main(argv=None):
         return 0
     command = {"inspect": cmd_inspect, "check": cmd_check}.get(argv[0], None)
     try:
-        if command:
-            return command(argv[1:])
-        return cmd_convert(argv)
+        with signals_cleaned_up():
+            if command:
+                return command(argv[1:])
+            return cmd_convert(argv)
     except (CheckpointError, ConvertError) as err:
         print(f"ms2gguf: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("ms2gguf: interrupted", file=sys.stderr)
+        print(f"ms2gguf: interrupted; {outcome()}", file=sys.stderr)
         return 130
+    except Terminated as stop:
+        print(f"ms2gguf: stopped by {stop.name}; {outcome()}", file=sys.stderr)
+        return 128 + stop.signum
     except BrokenPipeError:
         return 1
     except OSError as err:

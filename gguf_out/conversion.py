@@ -1,10 +1,9 @@
-"""``ms2gguf CKPT MAP OUT``: plan, then stream every tensor into a temporary GGUF, then rename it into place."""
+"""``ms2gguf CKPT MAP OUT``: plan, then stream every tensor into a temporary GGUF, then publish it (publish.py)."""
 
 import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from tqdm import tqdm
 
 from msckpt import open_checkpoint
 
-from . import check, detect, hparams, metadata, modelfile, plan as planning, quant_policy, templates
+from . import check, detect, hparams, metadata, modelfile, plan as planning, publish, quant_policy, templates
 from . import vocab as vocabulary
 from .encode import encode_rows
 from .errors import ConvertError
@@ -141,13 +140,10 @@ def run(args):
     if args.threads < 1:
         raise ConvertError(f"--threads {args.threads}: must be at least 1")
     if not args.dry_run:
+        _refuse_inputs(args, out_paths)
         for out_path in out_paths:
-            if out_path.exists() and not args.force:
+            if publish.destination(out_path).exists() and not args.force:
                 raise ConvertError(f"{out_path}: already exists (use --force to overwrite)")
-            if out_path.is_dir():
-                raise ConvertError(f"{out_path}: is a directory")
-            if not out_path.resolve().parent.is_dir():
-                raise ConvertError(f"{out_path}: the directory {out_path.resolve().parent} does not exist")
             modelfile.check_options(args, out_path)
         if args.ollama is not None and len(out_paths) > 1:
             raise ConvertError("--ollama creates one model: give a single --outtype")
@@ -165,6 +161,8 @@ def run(args):
             fmap = detect.choose_map(ckpt, config, config_path, args.tokenizer)
             log(args, f"map: {fmap.family} ({fmap.path}), chosen from the tensor names and {config_path}")
             tokenizer_path = _tokenizer_path(args, fmap)
+        if not args.dry_run:
+            _refuse_inputs(args, out_paths, config_path, tokenizer_path)
         options = planning.Options(args.outtype[0], args.rope_layout, args.fused_layout,
                                    _train_tp(args, ckpt, fmap, config), args.allow_inexact)
         plan = planning.build(ckpt, fmap, config, config_path, options)
@@ -181,13 +179,33 @@ def run(args):
             _print_plan(plan, targets, sys.stdout if args.dry_run else sys.stderr)
         if args.dry_run:
             return 0
-        _write(targets, plan, args, fmap)
-    status = 0
+        extras = [m for m in (modelfile.planned(args, t.path, plan, vocab, chat) for t in targets) if m]
+        _write(targets, plan, args, fmap, extras)
     for target in targets:
         _summary(args, plan, target, time.monotonic() - started)
-        status = modelfile.after_conversion(args, target.path, plan, vocab, chat, lambda text: log(args, text)) \
-            or status
+    status = 0
+    for path, _ in extras:
+        status = modelfile.after_conversion(args, path, chat, lambda text: log(args, text)) or status
     return status
+
+
+def _refuse_inputs(args, out_paths, config_path=None, tokenizer_path=None):
+    """No output (GGUF or Modelfile) may be one of the files this run reads, whatever the options."""
+    outputs = list(out_paths)
+    if modelfile.wanted(args):
+        outputs += [modelfile.modelfile_path(p) for p in out_paths]
+    ckpt = Path(args.ckpt)
+    inputs = [("checkpoint", ckpt), ("config", args.config), ("config", config_path),
+              ("strategy", args.strategy), ("map", args.map if args.map.endswith(".json") else None),
+              ("chat template", args.chat_template if args.chat_template and Path(args.chat_template).is_file()
+               else None), ("importance matrix", getattr(args, "imatrix", None))]
+    if ckpt.is_dir():
+        inputs.append(("strategy", ckpt.parent / "strategy"))      # MindFormers' default place
+    for tokenizer in {Path(p) for p in (args.tokenizer, tokenizer_path) if p}:
+        inputs.append(("tokenizer", tokenizer))
+        folder = tokenizer if tokenizer.is_dir() else tokenizer.parent
+        inputs += [("tokenizer", folder / f) for f in vocabulary.SIDE_FILES]
+    publish.refuse_inputs(outputs, inputs)
 
 
 class Target:
@@ -226,48 +244,68 @@ def _train_tp(args, ckpt, fmap, config):
     return tp
 
 
-def _write(targets, plan, args, fmap):
-    """Stream every tensor into one temporary file per target, then check each and rename it into place.
+def _write(targets, plan, args, fmap, extras=()):
+    """Stream every tensor into one temporary file per target, check each, then publish them all (with
+    ``extras``, (path, text) pairs such as the Modelfile) or none.
 
-    Each tensor is read (and transformed) once and encoded for every target; after any error no temporary
-    file is left and no OUT is touched.
+    Each tensor is read (and transformed) once and encoded for every target; after any error or signal no
+    temporary file is left and no OUT is touched.
     """
-    temps = []
+    outputs = []
     try:
         for target in targets:
-            fd, tmp_name = tempfile.mkstemp(dir=target.path.resolve().parent, prefix=f".{target.path.name}.",
-                                            suffix=".tmp")
-            temps.append(tmp_name)
-            target.file = os.fdopen(fd, "wb")
+            target.output = _temp_output(target.path, args, outputs)
+            target.file = open(target.output.fd, "wb", closefd=False)
             target.writer = GGUFWriter(target.file)
             infos = [TensorInfo(o.name, o.shape, t) for o, t in zip(plan.outputs, target.types)]
-            target.size = target.writer.write_header(target.kvs, infos)
+            target.size = target.output.size = target.writer.write_header(target.kvs, infos)
+        for path, text in extras:
+            _temp_output(path, args, outputs).write_text(text)
+        publish.check_space(outputs)
         total = sum(TensorInfo(o.name, o.shape, t).nbytes for target in targets
                     for o, t in zip(plan.outputs, target.types))
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="writing",
                   disable=args.quiet, file=sys.stderr, leave=False) as bar:
             for i, out in enumerate(plan.outputs):
                 _write_tensor([(t.writer, t.types[i]) for t in targets], out, bar, args.threads)
-        # no fsync: the rename guarantees that a failed or interrupted run leaves nothing at OUT; durability
-        # against power loss is the filesystem's business, and an fsync would cost as much as the copy itself
+        # no fsync: publishing only complete files guarantees that a failed or interrupted run leaves nothing at
+        # OUT; durability against power loss is the filesystem's business, and an fsync would cost as much as
+        # the copy itself
         for target in targets:
             target.writer.finish()
             target.file.close()
-        for target, tmp_name in zip(targets, temps):
-            _check_output(tmp_name, target.path, fmap)
-        for target, tmp_name in zip(targets, temps):
-            os.chmod(tmp_name, 0o644)
-            os.replace(tmp_name, target.path)
-    except BaseException:
         for target in targets:
-            if getattr(target, "file", None) is not None:
-                target.file.close()
-        for tmp_name in temps:
-            try:
-                os.unlink(tmp_name)
-            except FileNotFoundError:
-                pass
+            _check_output(target.output.readable, target.path, fmap)
+        _publish(outputs)
+    except OSError as err:
+        _discard(targets, outputs)
+        if publish.is_no_space(err):
+            raise publish.no_space(outputs) from None
         raise
+    except BaseException:
+        _discard(targets, outputs)
+        raise
+
+
+def _temp_output(path, args, outputs):
+    """A new temporary file for ``path`` (appended to ``outputs``); stale ones of interrupted runs go first."""
+    output = publish.Output(path, args.force)
+    outputs.append(output)
+    output.open()
+    for stale in output.stale:
+        log(args, f"note: removed {stale}, left by an interrupted run")
+    return output
+
+
+def _publish(outputs):
+    publish.publish(outputs)
+
+
+def _discard(targets, outputs):
+    for target in targets:
+        if getattr(target, "file", None) is not None:
+            target.file.close()
+    publish.discard(outputs)
 
 
 def _check_output(tmp_name, out_path, fmap):

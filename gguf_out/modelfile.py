@@ -9,9 +9,9 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+from . import publish
 from .errors import ConvertError
 
 # Ollama allocates the KV cache for num_ctx tokens; a 128k-context model would need gigabytes for it,
@@ -33,7 +33,7 @@ def check_options(args, out_path):
     if not wanted(args):
         return
     path = modelfile_path(out_path)
-    if path.exists() and not args.force:
+    if publish.destination(path).exists() and not args.force:
         raise ConvertError(f"{path}: already exists (use --force to overwrite)")
     if args.ollama is not None and (not args.ollama or args.ollama.startswith("-")
                                     or any(c.isspace() for c in args.ollama)):
@@ -81,33 +81,22 @@ def render(gguf_name, chat, vocab, context_length, system=None):
     return "\n".join(lines) + "\n"
 
 
-def write(path, text):
-    """Write beside the GGUF through a temporary file, so a half-written Modelfile never appears."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def after_conversion(args, out_path, plan, vocab, chat, log):
-    """Write the Modelfile and run ``ollama create`` as the options ask; returns the exit status."""
+def planned(args, out_path, plan, vocab, chat):
+    """(path, text) of the Modelfile the options ask for beside ``out_path``, or None; it is published with the
+    GGUF, all or nothing (publish.py)."""
     if not wanted(args):
-        return 0
+        return None
     path = modelfile_path(out_path)
     if chat.format is None:
         why = ("the chat template is not one of the built-in formats" if chat.jinja else "there is no chat template")
         print(f"ms2gguf: warning: {path.name} has no TEMPLATE: {why} (use --chat-template NAME; the GGUF's "
               "tokenizer.chat_template, if any, is used by newer Ollama)", file=sys.stderr)
-    write(path, render(Path(out_path).name, chat, vocab, plan.hp["context_length"], args.system))
+    text = render(Path(out_path).name, chat, vocab, plan.hp["context_length"], args.system)
+    return path, text
+
+
+def after_conversion(args, path, chat, log):
+    """Report the published Modelfile and run ``ollama create`` if asked; returns the exit status."""
     log(f"wrote {path}" + (f" (chat format {chat.format.name})" if chat.format is not None else ""))
     if args.ollama is None:
         return 0

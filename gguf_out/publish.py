@@ -38,6 +38,7 @@ HOST = socket.gethostname().replace("/", "_") or "localhost"
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
 class Terminated(BaseException):
@@ -231,8 +232,16 @@ class Output:
                 try:
                     self._link(self.real)
                 except FileExistsError:
-                    raise ConvertError(f"{self.path}: already exists (another run may have written it meanwhile; "
-                                       "use --force to overwrite)") from None
+                    raise self._exists() from None
+                except OSError as err:
+                    if self.tmp is None or err.errno not in _NO_LINKS:
+                        raise
+                    # no hard links on this filesystem (FAT, some FUSE ones): a rename after a check, which
+                    # leaves a concurrent run a moment to publish in between
+                    if os.path.lexists(self.real):
+                        raise self._exists() from None
+                    os.rename(self.tmp, self.real)
+                    self.tmp = None
                 self._drop_name()
                 return ("new", None)
             if self.tmp is None:
@@ -256,6 +265,10 @@ class Output:
         except OSError as err:
             raise ConvertError(f"{self.path}: cannot put the new file in place ({err.strerror or err}); nothing "
                                "was written") from None
+
+    def _exists(self):
+        return ConvertError(f"{self.path}: already exists (another run may have written it meanwhile; use --force "
+                            "to overwrite)")
 
     def _link(self, name):
         """Hard-link the temporary file (named, or anonymous through /proc/self/fd) as ``name``."""
@@ -311,7 +324,10 @@ def publish(outputs):
             raise
         for _, (_, backup) in done:
             if backup not in (None, "lost"):
-                os.unlink(backup)
+                try:
+                    os.unlink(backup)
+                except OSError:
+                    pass        # a stale .old file, for the next run to remove
         for output in outputs:
             output.close()
         published.extend(o.path for o in outputs)

@@ -454,3 +454,52 @@ touch '{ctl / "go"}'; wait $pid; echo rc=$?; ls -A '{fs}'"""
     err = (ctl / "err").read_text().strip()
     assert err.startswith(f"ms2gguf: error: {fs / 'o.gguf'}: no space left on the device while writing; ") \
         and len(err.splitlines()) == 1, err
+
+
+def test_enospc_while_decrypting_names_the_temporary_directory(tmp_path, monkeypatch):
+    """An encrypted checkpoint is decrypted into an anonymous file in --tmp-dir; that filling up is one line."""
+    import json
+
+    pytest.importorskip("cryptography")
+    from msckpt import CheckpointError, encryption, open_checkpoint
+
+    name = "enc_AES-GCM_multiblock.ckpt"
+    enc = json.loads((FIXTURES / "ckpt" / "expected.json").read_text())[name]["encryption"]
+    real, calls = encryption._block, []
+
+    def filling(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args)
+
+    monkeypatch.setattr(encryption, "_block", filling)
+    with pytest.raises(CheckpointError) as err:
+        open_checkpoint(FIXTURES / "ckpt" / name, dec_key=bytes.fromhex(enc["key_hex"]), dec_mode=enc["mode"],
+                        tmp_dir=tmp_path)
+    assert str(err.value).startswith(f"{FIXTURES / 'ckpt' / name}: no space left in {tmp_path} for the decrypted "
+                                     "checkpoint (about ")
+    assert str(err.value).endswith("MiB); choose another place with --tmp-dir") and len(calls) == 2
+    assert os.listdir(tmp_path) == []
+
+
+def test_filesystem_without_hard_links(tmp_path, monkeypatch, capsys):
+    """FAT and some FUSE filesystems have neither O_TMPFILE nor link(): the named temporary file is renamed, and
+    an existing OUT is still refused."""
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(publish, "USE_TMPFILE", False)
+    monkeypatch.setattr(publish.os, "link", no_links)
+    out = tmp_path / "o.gguf"
+    assert convert(MHA / "model.ckpt", out, "--modelfile") == 0
+    assert sorted(os.listdir(tmp_path)) == ["o.Modelfile", "o.gguf"] and valid_gguf(out)
+    assert convert(MHA / "model.ckpt", out, "--force", "--outtype", "q8_0") == 0
+    assert sorted(os.listdir(tmp_path)) == ["o.Modelfile", "o.gguf"] and valid_gguf(out)
+    late = tmp_path / "late.gguf"
+    output = publish.Output(late, force=False).open()
+    late.write_bytes(b"theirs")             # another run got there first
+    with pytest.raises(publish.ConvertError, match="already exists"):
+        publish.publish([output])
+    publish.discard([output])
+    assert late.read_bytes() == b"theirs" and sorted(os.listdir(tmp_path)) == ["late.gguf", "o.Modelfile", "o.gguf"]

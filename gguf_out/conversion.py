@@ -78,7 +78,8 @@ def build_parser():
                    "(implies --modelfile; without ollama on PATH, prints the command)")
     p.add_argument("--system", metavar="TEXT", help="default system prompt (SYSTEM) for the Modelfile "
                    "(implies --modelfile)")
-    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--force", action="store_true", help="replace OUT (and its Modelfile) if it exists; an input "
+                   "is never replaced")
     p.add_argument("--dry-run", action="store_true", help="print the plan (each tensor's name, shape, type) and "
                    "write nothing")
     p.add_argument("--verify-crc", action="store_true", help="check the checkpoint's CRC before converting")
@@ -194,6 +195,7 @@ def _refuse_inputs(args, out_paths, config_path=None, tokenizer_path=None):
     outputs = list(out_paths)
     if modelfile.wanted(args):
         outputs += [modelfile.modelfile_path(p) for p in out_paths]
+    publish.refuse_duplicates(outputs)
     ckpt = Path(args.ckpt)
     inputs = [("checkpoint", ckpt), ("config", args.config), ("config", config_path),
               ("strategy", args.strategy), ("map", args.map if args.map.endswith(".json") else None),

@@ -66,6 +66,18 @@ def destination(path):
     return real
 
 
+def refuse_duplicates(outputs):
+    """Two outputs of one run that are one file (``x.Modelfile`` with --modelfile, symlinks to one file) would
+    leave only the last one published."""
+    seen = {}
+    for out in outputs:
+        real = destination(out)
+        if real in seen:
+            raise ConvertError(f"{out}: the same file as {seen[real]}, which this run also writes; choose another "
+                               "output path")
+        seen[real] = out
+
+
 def refuse_inputs(outputs, inputs):
     """An output that is one of the inputs (the same file, by device and inode: through a symlink, a hard link
     or another spelling of the path) is refused, ``--force`` or not. ``inputs``: (what, path) pairs; a
@@ -263,8 +275,7 @@ class Output:
         except ConvertError:
             raise
         except OSError as err:
-            raise ConvertError(f"{self.path}: cannot put the new file in place ({err.strerror or err}); nothing "
-                               "was written") from None
+            raise ConvertError(f"{self.path}: cannot put the new file in place ({err.strerror or err})") from None
 
     def _exists(self):
         return ConvertError(f"{self.path}: already exists (another run may have written it meanwhile; use --force "
@@ -315,12 +326,15 @@ def publish(outputs):
         try:
             for output in outputs:
                 done.append((output, output._publish()))
-        except BaseException:
+        except BaseException as err:
             for output, how in reversed(done):
                 try:
                     output._unpublish(how)
                 except OSError:
                     pass
+            if isinstance(err, ConvertError):
+                taken_back = f" ({_names([o for o, _ in done])} taken back)" if done else ""
+                raise ConvertError(f"{err}; nothing was written{taken_back}") from None
             raise
         for _, (_, backup) in done:
             if backup not in (None, "lost"):

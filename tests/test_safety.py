@@ -157,6 +157,23 @@ def test_a_gguf_inside_a_checkpoint_directory_may_be_replaced(tmp_path):
         assert convert(ckpt, ckpt / "model.gguf", "--config", LLAMA / "bf16" / "config.yaml", *options) == 0
 
 
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
+def test_two_outputs_that_are_one_file_are_refused(tmp_path, capsys, force):
+    """OUT x.Modelfile with --modelfile: the GGUF and its Modelfile would be one file, and --force would keep only
+    the Modelfile."""
+    out = tmp_path / "x.Modelfile"
+    assert convert(MHA / "model.ckpt", out, "--modelfile", *(["--force"] if force else [])) == 1
+    assert f"{out}: the same file as {out}, which this run also writes" in capsys.readouterr().err
+    both = (tmp_path / "{ftype}.gguf", "--outtype", "f16,bf16", "--force")
+    assert convert(MHA / "model.ckpt", *both) == 0                  # negative control
+    (tmp_path / "BF16.gguf").unlink()
+    (tmp_path / "BF16.gguf").symlink_to(tmp_path / "F16.gguf")
+    before = sha(tmp_path / "F16.gguf")
+    assert convert(MHA / "model.ckpt", *both) == 1
+    assert f"{tmp_path / 'BF16.gguf'}: the same file as {tmp_path / 'F16.gguf'}" in capsys.readouterr().err
+    assert sha(tmp_path / "F16.gguf") == before
+
+
 # ------------------------------------------------------------------------------------------ symlinks
 
 def test_dangling_symlink_output_is_an_error(tmp_path, capsys):
@@ -194,7 +211,7 @@ def test_two_writers_exactly_one_wins(dirs, named):
     assert sorted(rc for rc, _ in results) == [0, 1]
     loser = next(err for rc, err in results if rc == 1).strip()
     assert loser == f"ms2gguf: error: {out}: already exists (another run may have written it meanwhile; use " \
-                    "--force to overwrite)"
+                    "--force to overwrite); nothing was written"
     assert os.listdir(out_dir) == ["o.gguf"] and valid_gguf(out)
     from gguf import GGUFReader
     name = GGUFReader(out).fields["general.name"]
@@ -333,6 +350,7 @@ def test_a_set_is_all_or_nothing_when_a_later_file_appears(dirs):
     go.touch()
     rc, err = finish(proc)
     assert rc == 1 and f"{out_dir / 'o-Q8_0.gguf'}: already exists" in err
+    assert err.strip().endswith(f"; nothing was written ({out_dir / 'o-F16.gguf'} taken back)")
     assert os.listdir(out_dir) == ["o-Q8_0.gguf"] and (out_dir / "o-Q8_0.gguf").read_bytes() == b"mine"
 
 
@@ -343,7 +361,8 @@ def test_modelfile_failure_takes_the_gguf_back(dirs):
     go.touch()
     rc, err = finish(proc)
     assert rc == 1 and err.strip() == f"ms2gguf: error: {out_dir / 'o.Modelfile'}: already exists (another run " \
-                                      "may have written it meanwhile; use --force to overwrite)"
+                                      "may have written it meanwhile; use --force to overwrite); nothing was " \
+                                      f"written ({out_dir / 'o.gguf'} taken back)"
     assert os.listdir(out_dir) == ["o.Modelfile"]
 
 

@@ -197,8 +197,8 @@ def _refuse_inputs(args, out_paths, config_path=None, tokenizer_path=None):
         outputs += [modelfile.modelfile_path(p) for p in out_paths]
     publish.refuse_duplicates(outputs)
     ckpt = Path(args.ckpt)
-    inputs = [("checkpoint", ckpt), ("config", args.config), ("config", config_path),
-              ("strategy", args.strategy), ("map", args.map if args.map.endswith(".json") else None),
+    configs = hparams.config_files(config_path) if config_path else [args.config]
+    inputs = [("checkpoint", ckpt), *(("config", c) for c in configs), ("strategy", args.strategy), ("map", args.map if args.map.endswith(".json") else None),
               ("chat template", args.chat_template if args.chat_template and Path(args.chat_template).is_file()
                else None), ("importance matrix", getattr(args, "imatrix", None))]
     if ckpt.is_dir():

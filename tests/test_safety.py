@@ -522,3 +522,23 @@ def test_filesystem_without_hard_links(tmp_path, monkeypatch, capsys):
         publish.publish([output])
     publish.discard([output])
     assert late.read_bytes() == b"theirs" and sorted(os.listdir(tmp_path)) == ["late.gguf", "o.Modelfile", "o.gguf"]
+
+
+def test_the_config_json_an_mcore_yaml_reads_is_an_input(tmp_path, capsys):
+    """An mcore yaml takes the architecture from pretrained_model_dir's config.json: that file is an input too."""
+    import yaml
+
+    src = FIXTURES / "qwen3" / "contiguous"
+    (tmp_path / "hf").mkdir()
+    shutil.copy(src / "config.json", tmp_path / "hf" / "config.json")
+    doc = yaml.safe_load((src / "config.yaml").read_text())
+    doc["pretrained_model_dir"] = "hf"
+    (tmp_path / "finetune.yaml").write_text(yaml.safe_dump(doc))
+    before = sha(tmp_path / "hf" / "config.json")
+    tokenizer = FIXTURES / "qwen2" / "tokenizer" / "tokenizer.json"
+    options = ("--config", tmp_path / "finetune.yaml", "--force")
+    assert convert(src / "model.ckpt", tmp_path / "hf" / "config.json", *options, map_name="qwen3",
+                   tokenizer=tokenizer) == 1
+    assert "is the config" in capsys.readouterr().err
+    assert sha(tmp_path / "hf" / "config.json") == before
+    assert convert(src / "model.ckpt", tmp_path / "o.gguf", *options, map_name="qwen3", tokenizer=tokenizer) == 0

@@ -280,9 +280,10 @@ def _write(targets, plan, args, fmap, extras=()):
             _check_output(target.output.readable, target.path, fmap)
         _publish(outputs)
     except OSError as err:
+        full = publish.no_space(outputs) if publish.is_no_space(err) else None     # while the files are open
         _discard(targets, outputs)
-        if publish.is_no_space(err):
-            raise publish.no_space(outputs) from None
+        if full is not None:
+            raise full from None
         raise
     except BaseException:
         _discard(targets, outputs)

@@ -62,7 +62,7 @@ def destination(path):
     if not real.parent.is_dir():
         raise ConvertError(f"{path}: the directory {real.parent} does not exist")
     if not os.access(real.parent, os.W_OK | os.X_OK):
-        raise ConvertError(f"{path}: cannot create files in {real.parent} (permission denied)")
+        raise ConvertError(f"{path}: cannot create files in {real.parent} (not writable)")
     return real
 
 
@@ -355,8 +355,10 @@ def outcome():
 
 
 def discard(outputs):
-    for output in outputs:
-        output.close()
+    """Remove the temporary files (a second Ctrl-C waits until they are gone)."""
+    with deferred_signals():
+        for output in outputs:
+            output.close()
 
 
 def check_space(outputs):
@@ -375,7 +377,7 @@ def check_space(outputs):
 def no_space(outputs):
     """The error for ENOSPC / EDQUOT while writing: which output's filesystem filled up, and how much it needs."""
     full = [o for o in outputs if o.fd is not None and _free(o) < max(0, o.size - os.fstat(o.fd).st_size)]
-    group = full or [o for o in outputs if o.fd is not None] or outputs
+    group = full or outputs
     need = sum(o.size for o in group)
     return ConvertError(f"{_names(group)}: no space left on the device while writing; {human_bytes(need)} are "
                         f"needed in {group[0].real.parent}; nothing was written")

@@ -10,6 +10,7 @@ without O_TMPFILE. The pause is a sleep, so signals reach it as they would reach
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,10 @@ def main():
     p.add_argument("args", nargs=argparse.REMAINDER)
     opts = p.parse_args()
     args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
+    # as if started from a terminal, whatever the test runner ignores (nohup, background jobs)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     if opts.named_temp:
         publish.USE_TMPFILE = False
     if opts.pause == "publish":

@@ -542,3 +542,22 @@ def test_the_config_json_an_mcore_yaml_reads_is_an_input(tmp_path, capsys):
     assert "is the config" in capsys.readouterr().err
     assert sha(tmp_path / "hf" / "config.json") == before
     assert convert(src / "model.ckpt", tmp_path / "o.gguf", *options, map_name="qwen3", tokenizer=tokenizer) == 0
+
+
+def test_enospc_names_the_output_whose_filesystem_is_full(tmp_path, monkeypatch, capsys):
+    """Outputs on two filesystems (simulated: free space per output): the error names the one that ran out."""
+    real_encode, calls = conversion.encode_rows, []
+    real_free = publish._free
+
+    def filling(*args):
+        calls.append(1)
+        if len(calls) == 6:
+            monkeypatch.setattr(publish, "_free", lambda o: 0 if "Q8_0" in o.path.name else real_free(o))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_encode(*args)
+
+    monkeypatch.setattr(conversion, "encode_rows", filling)
+    assert convert(MHA / "model.ckpt", tmp_path / "o-{ftype}.gguf", "--outtype", "f32,q8_0") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ms2gguf: error: {tmp_path / 'o-Q8_0.gguf'}: no space left on the device while writing; ")
+    assert os.listdir(tmp_path) == []

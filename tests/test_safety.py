@@ -101,7 +101,14 @@ CASES = {
     "symlink-to-checkpoint": lambda d: (_symlink(d / "alias.gguf", d / "model.ckpt"), ()),
     "hardlink-to-config": lambda d: (_hardlink(d / "hard.gguf", d / "config.yaml"), ()),
     "other-spelling": lambda d: (d / ".." / d.name / "." / "model.ckpt", ()),
+    "imatrix": lambda d: (_copied(FIXTURES / "imatrix" / "dense.imatrix.gguf", d / "importance.gguf"),
+                          ("--outtype", "q4_k_m", "--imatrix", d / "importance.gguf")),
 }
+
+
+def _copied(source, dest):
+    shutil.copy(source, dest)
+    return dest
 
 
 def _symlink(link, target):
@@ -125,6 +132,19 @@ def test_output_that_is_an_input_is_refused(tmp_path, capsys, case, force):
     named = out.with_suffix(".Modelfile") if "--modelfile" in options else out
     assert err.startswith(f"ms2gguf: error: {named}: is ") and "never overwrites an input" in err
     assert len(err.splitlines()) == 1
+    assert {p.name: sha(p) for p in d.iterdir()} == before
+    assert sorted(p.name for p in d.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
+def test_a_split_file_that_is_an_input_is_refused(tmp_path, capsys, force):
+    """The files of a split set are known only once the plan is made: each is checked then, before any writing."""
+    d = _inputs(tmp_path)
+    part = _hardlink(d / "s-00002-of-00003.gguf", d / "config.yaml")
+    before = {p.name: sha(p) for p in d.iterdir()}
+    assert _run_on(d, d / "s.gguf", "--split-max-tensors", "8", *(["--force"] if force else [])) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ms2gguf: error: {part}: is the config ") and "never overwrites an input" in err
     assert {p.name: sha(p) for p in d.iterdir()} == before
     assert sorted(p.name for p in d.iterdir() if p.name.startswith(".")) == []
 

@@ -57,13 +57,14 @@ class Plan:
     facts: list = field(default_factory=list)     # notes: how something was converted exactly (e.g. folded)
     ctx: object = None                            # the StepContext the map's steps ran with
 
-    def types(self, outtype):
+    def types(self, outtype, has_imatrix=False):
         """[(ggml type, fallback note)] per output for an --outtype preset: llama-quantize's per-tensor mixing
-        for the K-quant presets, one type for every weight otherwise (gguf_out/quant_policy.py)."""
+        for the K-quant presets (and for every quantized preset with an importance matrix), one type for every
+        weight otherwise (gguf_out/quant_policy.py)."""
         return quant_policy.assign_types([(o.name, o.shape) for o in self.outputs], quant_policy.preset(outtype),
                                          n_head=int(self.hp["num_heads"]), n_head_kv=int(self.hp["num_kv_heads"]),
                                          n_layer=self.num_layers, n_expert=int(self.hp.get("n_expert") or 0),
-                                         arch=self.arch)
+                                         arch=self.arch, has_imatrix=has_imatrix)
 
 
 @dataclass
@@ -247,6 +248,10 @@ def build(ckpt, fmap, config, config_path, options):
         encode.check_float(tensor)
     groups = group_entries(mapped, ckpt.path)
     hp = hparams.resolve(fmap, config, config_path)
+    for name, regex in fmap.tensor_flags.items():     # save kinds told by names (e.g. legacy inference format)
+        hp.put(name, any(regex.search(t.name) for t, *_ in mapped), f"the checkpoint's names ({regex.pattern})")
+    for group in groups:            # before the shapes are read: a rule's shape depends on the rule chosen
+        group.rule = _rule_that_holds(fmap, group, hp, ckpt.path)
     hparams.complete(hp, _observe(groups, fmap, ckpt.path, hp), config_path)
     _check_constraints(fmap, hp, ckpt.path)
     num_layers = int(hp["num_layers"])
@@ -265,8 +270,6 @@ def build(ckpt, fmap, config, config_path, options):
     ctx = steps_mod.StepContext(hp, layouts, options.train_tp,
                                 fmap.permutes_rope(config) and options.rope_layout == "hf", str(ckpt.path))
     order = {id(rule): k for k, rule in enumerate(fmap.rules)}
-    for group in groups:
-        group.rule = _rule_that_holds(fmap, group, hp, ckpt.path)
     for group in sorted(groups, key=lambda g: (g.layer, order[id(g.rule)])):
         if group.layer >= num_layers:
             if fmap.extra_layers:

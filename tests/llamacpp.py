@@ -381,9 +381,10 @@ def row_size(ggml_type: int, n: int) -> int:
     return int(library().ggml_row_size(int(ggml_type), int(n)))
 
 
-def quantize_chunk(ggml_type: int, data: np.ndarray) -> bytes:
-    """Quantize float32 rows ``[nrows, n_per_row]`` with ggml's reference quantizer (``ggml_quantize_chunk``, no
-    importance matrix). Returns ``nrows * row_size(ggml_type, n_per_row)`` bytes."""
+def quantize_chunk(ggml_type: int, data: np.ndarray, quant_weights=None) -> bytes:
+    """Quantize float32 rows ``[nrows, n_per_row]`` with ggml's quantizer (``ggml_quantize_chunk``): the reference
+    path without ``quant_weights``, else the importance-weighted one (float32 ``[n_per_row]``, ggml's ``imatrix``).
+    Returns ``nrows * row_size(ggml_type, n_per_row)`` bytes."""
     lib = library()
     ggml_type = int(ggml_type)
     data = np.ascontiguousarray(data, dtype=np.float32)
@@ -391,13 +392,18 @@ def quantize_chunk(ggml_type: int, data: np.ndarray) -> bytes:
         raise ValueError(f"expected a 2-D [nrows, n_per_row] array, got shape {data.shape}")
     nrows, n_per_row = data.shape
     # ggml aborts the whole process on these, so check first
-    if lib.ggml_quantize_requires_imatrix(ggml_type):
+    if quant_weights is not None:
+        quant_weights = np.ascontiguousarray(quant_weights, dtype=np.float32).reshape(-1)
+        if quant_weights.size != n_per_row:
+            raise ValueError(f"quant_weights has {quant_weights.size} values, expected {n_per_row}")
+    elif lib.ggml_quantize_requires_imatrix(ggml_type):
         raise ValueError(f"ggml type {ggml_type} cannot be quantized without an importance matrix")
     block = lib.ggml_blck_size(ggml_type)
     if block <= 0 or n_per_row % block:
         raise ValueError(f"row length {n_per_row} is not a multiple of the block size {block} of ggml type {ggml_type}")
     out = ctypes.create_string_buffer(nrows * row_size(ggml_type, n_per_row))
-    written = lib.ggml_quantize_chunk(ggml_type, data.ctypes.data, out, 0, nrows, n_per_row, None)
+    imatrix = None if quant_weights is None else quant_weights.ctypes.data
+    written = lib.ggml_quantize_chunk(ggml_type, data.ctypes.data, out, 0, nrows, n_per_row, imatrix)
     if written != len(out):
         raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {len(out)}")
     return out.raw

@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gguf import GGMLQuantizationType, Keys
+from gguf import GGMLQuantizationType
 
 from msckpt import open_checkpoint
 
-from . import check, detect, hparams, lora, metadata, modelfile, publish, quant_policy, split, templates, weighted
+from . import adapter, check, detect, hparams, lora, metadata, modelfile, publish, quant_policy, split, templates
+from . import weighted
 from . import imatrix as imatrix_mod
 from . import plan as planning
 from . import vocab as vocabulary
@@ -30,7 +31,7 @@ from .finite import ValueCheck
 from .maps import bundled_names, load_map
 from .output import escape, progress
 from .report import human_bytes
-from .writer import KV, GGUFWriter, TensorInfo
+from .writer import GGUFWriter, TensorInfo
 
 
 def build_parser():
@@ -406,50 +407,28 @@ def _check_adapter_options(args):
     if args.modelfile or args.ollama is not None or args.system is not None:
         raise ConvertError("--lora adapter writes no model for a Modelfile's FROM (and Ollama's ADAPTER import is "
                            "not supported here); use --lora merge for --modelfile / --ollama")
-    if len(args.outtype) > 1 or args.outtype[0] not in lora.ADAPTER_OUTTYPES:
+    if len(args.outtype) > 1 or args.outtype[0] not in adapter.OUTTYPES:
         raise ConvertError(f"--lora adapter: --outtype {','.join(args.outtype)}: an adapter is written as one of "
-                           f"{', '.join(lora.ADAPTER_OUTTYPES)}")
+                           f"{', '.join(adapter.OUTTYPES)}")
 
 
 def _run_adapter(args, ckpt, base, pairs, fmap, config, config_path, out_path, started):
-    """OUT as a llama.cpp LoRA adapter GGUF of the base model the map would make."""
+    """OUT as a llama.cpp LoRA adapter GGUF of the base model the map would make (gguf_out/adapter.py)."""
     alpha, rank, where = lora.scaling(pairs, config, config_path, _lora_dir(args), args.lora_alpha,
                                       args.lora_rank)
-    names = lora.lora_names(pairs)
-    holder = base if base is not None else ckpt
-    has_base = all(p.base in holder for p in pairs)
-    view = lora.View(ckpt, drop=names, base=base) if has_base else _StandIns(ckpt.path, pairs)
-    if fmap is None:
-        fmap = detect.choose_map(view, config, config_path, args.tokenizer)
+    options = planning.Options(args.outtype[0], args.rope_layout, args.fused_layout, args.train_tp or 1,
+                               args.allow_inexact)
+    plan, fmap, chosen = adapter.build(ckpt, base, pairs, fmap, config, config_path, options, alpha, where,
+                                       args.tokenizer)
+    if chosen:
         log(args, f"map: {fmap.family} ({fmap.path}), chosen from the tensor names and {config_path}")
-    options = planning.Options("f32", args.rope_layout, args.fused_layout, args.train_tp or 1, args.allow_inexact)
-    if has_base:
-        base_plan = planning.build(view, fmap, config, config_path, options)
-        ctx, num_layers = base_plan.ctx, base_plan.num_layers
-    else:
-        ctx = planning.adapter_context(list(view), fmap, config, config_path, options, ckpt.path)
-        num_layers = int(ctx.hp["num_layers"])
-    tensors = lora.adapter_tensors(pairs, fmap, ctx, num_layers, ckpt.path)
-    if has_base:
-        lora.check_against_base(tensors, {o.name: o.shape for o in base_plan.outputs}, ckpt.path)
-    preset = quant_policy.preset(args.outtype[0])
-    outputs, notes = [], []
-    for t in tensors:
-        ggml_type = _adapter_type(preset.name, t.shape)
-        if preset.name == "q8_0" and ggml_type != GGMLQuantizationType.Q8_0:
-            notes.append(f"{t.name}: rows of {t.shape[-1]} are not a multiple of 32, written as F16")
-        outputs.append(planning.Output(t.name, t.expr, t.shape, ggml_type, transform=t.what))
-    plan = planning.Plan(outputs, [], ctx.hp, num_layers, notes, fmap.arch,
-                         [f"LoRA adapter: {len(pairs)} pairs, alpha {alpha:g} from {where}"], ctx)
-    kvs = [(Keys.General.ARCHITECTURE, KV.str(fmap.arch)), (Keys.General.TYPE, KV.str("adapter")),
-           (Keys.General.NAME, KV.str(args.name or Path(args.ckpt).stem)),
-           (Keys.General.FILE_TYPE, KV.u32(preset.file_type)),
-           (Keys.Adapter.TYPE, KV.str("lora")), (Keys.Adapter.LORA_ALPHA, KV.f32(alpha))]
+    kvs = adapter.metadata(fmap, args.outtype[0], alpha, args.name or Path(args.ckpt).stem)
+    outputs = plan.outputs
     target = Target(args.outtype[0], out_path, [(o.ggml_type, None) for o in outputs], kvs)
     target.nbytes = [TensorInfo(o.name, o.shape, t).nbytes for o, t in zip(outputs, target.types)]
     target.shards = target.parts = [Shard(0, 1, Path(out_path), 0, len(outputs), kvs)]
     result = Result(outputs={target.outtype: [Path(out_path)]}, tensors=len(outputs), skipped=list(plan.skipped))
-    for note in notes:
+    for note in plan.notes:
         warn(args, note)
     for fact in plan.facts:
         log(args, f"note: {fact}")
@@ -465,23 +444,6 @@ def _run_adapter(args, ckpt, base, pairs, fmap, config, config_path, out_path, s
     result.written, result.bytes = [Path(out_path)], size
     result.seconds = time.monotonic() - started
     return result
-
-
-def _adapter_type(outtype, shape):
-    if outtype == "q8_0":
-        return GGMLQuantizationType.Q8_0 if shape[-1] % 32 == 0 else GGMLQuantizationType.F16
-    return {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16,
-            "bf16": GGMLQuantizationType.BF16}[outtype]
-
-
-class _StandIns:
-    """A LoRA-only checkpoint seen as the base weights its pairs imply (names and shapes only)."""
-
-    def __init__(self, path, pairs):
-        self.path, self._tensors = path, lora.shape_stand_ins(pairs)
-
-    def __iter__(self):
-        return iter(self._tensors)
 
 
 class Target:

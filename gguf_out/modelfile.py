@@ -61,11 +61,16 @@ def stops(chat, vocab):
     return values
 
 
-def render(gguf_name, chat, vocab, context_length, system=None):
-    """The Modelfile text."""
+def render(gguf_names, chat, vocab, context_length, system=None, modelfile_name=None):
+    """The Modelfile text. ``gguf_names``: the GGUF file name, or the names of a split set's files (one FROM line
+    each, in split order: Ollama merges the FROM lines, and a FROM of the folder would take every GGUF in it)."""
+    names = [gguf_names] if isinstance(gguf_names, str) else list(gguf_names)
     lines = ["# Ollama Modelfile written by ms2gguf",
-             f"# import with: ollama create NAME -f {modelfile_path(gguf_name).name}",
-             f"FROM ./{gguf_name}"]
+             f"# import with: ollama create NAME -f {modelfile_name or modelfile_path(names[0]).name}"]
+    if len(names) > 1:
+        lines.append(f"# a split set of {len(names)} files: Ollama versions before the llama-server engine "
+                     "(2026-05) cannot import split sets")
+    lines += [f"FROM ./{name}" for name in names]
     if chat.format is not None:
         lines.append(f"# chat format: {chat.format.name} (from {chat.origin})")
         lines.append(f'TEMPLATE """{chat.format.go}"""')
@@ -98,16 +103,24 @@ def write(path, text):
         raise
 
 
-def after_conversion(args, out_path, plan, vocab, chat, log):
-    """Write the Modelfile and run ``ollama create`` as the options ask; returns the exit status."""
+def after_conversion(args, out_path, files, plan, vocab, chat, log):
+    """Write the Modelfile for OUT's ``files`` (OUT, or a split set's files) and run ``ollama create`` as the
+    options ask; returns the exit status."""
     if not wanted(args):
         return 0
     path = modelfile_path(out_path)
-    if chat.format is None:
+    files = [Path(f) for f in files]
+    if len(files) > 1 and not args.quiet:
+        total = sum(f.stat().st_size for f in files if f.exists())
+        print(f"ms2gguf: warning: {path.name} imports a split set of {len(files)} files: older Ollama versions "
+              "(before its llama-server engine, 2026-05) cannot import split sets, and 'ollama create' merges the "
+              f"set into one file, which needs about {total / 1e9:.1f} GB ({total:,} bytes) of free disk where "
+              "Ollama keeps its models", file=sys.stderr)
+    if chat.format is None and not args.quiet:
         why = ("the chat template is not one of the built-in formats" if chat.jinja else "there is no chat template")
         print(f"ms2gguf: warning: {path.name} has no TEMPLATE: {why} (use --chat-template NAME; the GGUF's "
               "tokenizer.chat_template, if any, is used by newer Ollama)", file=sys.stderr)
-    write(path, render(Path(out_path).name, chat, vocab, plan.hp["context_length"], args.system))
+    write(path, render([f.name for f in files], chat, vocab, plan.hp["context_length"], args.system, path.name))
     log(f"wrote {path}" + (f" (chat format {chat.format.name})" if chat.format is not None else ""))
     if args.ollama is None:
         return 0

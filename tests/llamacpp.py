@@ -122,6 +122,9 @@ def library() -> ctypes.CDLL:
     _declare(lib, "llama_model_free", None, p)
     _declare(lib, "llama_n_ctx", ctypes.c_uint32, p)
     _declare(lib, "llama_n_batch", ctypes.c_uint32, p)
+    # LoRA adapters (freed with their model)
+    _declare(lib, "llama_adapter_lora_init", p, p, c_char_p)
+    _declare(lib, "llama_set_adapters_lora", c_int32, p, ctypes.POINTER(p), c_size_t, ctypes.POINTER(ctypes.c_float))
     # vocabulary
     _declare(lib, "llama_model_get_vocab", p, p)
     _declare(lib, "llama_vocab_n_tokens", c_int32, p)
@@ -225,7 +228,8 @@ class LlamaModel:
     ...     logits = m.logits(ids)      # float32 [len(ids), n_vocab], raw logits of every position
     """
 
-    def __init__(self, path, n_ctx: int = 256, exact: bool = True):
+    def __init__(self, path, n_ctx: int = 256, exact: bool = True, lora=None, lora_scale: float = 1.0):
+        """``lora``: a LoRA adapter GGUF applied with ``lora_scale`` (llama.cpp's --lora / --lora-scaled)."""
         self._lib = lib = library()
         self._model = None
         self._ctx = None
@@ -237,6 +241,16 @@ class LlamaModel:
         if not self._ctx:
             self.close()
             raise RuntimeError(f"llama.cpp failed to create a context for {self.path!r}")
+        if lora is not None:
+            adapter = lib.llama_adapter_lora_init(self._model, str(lora).encode())
+            if not adapter:
+                self.close()
+                raise RuntimeError(f"llama.cpp failed to load the LoRA adapter {str(lora)!r} for {self.path!r}")
+            adapters = (ctypes.c_void_p * 1)(adapter)
+            scales = (ctypes.c_float * 1)(lora_scale)
+            if lib.llama_set_adapters_lora(self._ctx, adapters, 1, scales) != 0:
+                self.close()
+                raise RuntimeError(f"llama.cpp refused the LoRA adapter {str(lora)!r}")
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.n_vocab: int = lib.llama_vocab_n_tokens(self._vocab)
         self.n_ctx: int = lib.llama_n_ctx(self._ctx)  # llama.cpp may round the requested size up (to 256)

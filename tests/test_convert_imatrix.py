@@ -34,11 +34,11 @@ def models(tmp_path_factory):
     return {name: build(name, spec["model"], work).parent for name, spec in TRUTH["models"].items()}
 
 
-def convert(folder, out, *options):
+def convert(folder, out, *options, quiet=True):
     family = {"dense": "llama2", "qwen3moe": "qwen3_moe"}[folder.name]
     tokenizer = (FIXTURES / "llama" / "tokenizer" / "tokenizer.model" if family == "llama2"
                  else FIXTURES / "qwen2" / "tokenizer" / "tokenizer.json")
-    return ms2gguf([str(folder / "model.ckpt"), family, str(out), "--tokenizer", str(tokenizer), "-q", *options])
+    return ms2gguf([str(folder / "model.ckpt"), family, str(out), "--tokenizer", str(tokenizer), *(["-q"] if quiet else []), *options])
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,8 @@ def test_without_the_imatrix_the_bytes_differ(models, tmp_path):
 
 def test_left_out_tensor_is_quantized_without_and_named(models, tmp_path, capsys):
     out = tmp_path / "m.gguf"
-    assert convert(models["dense"], out, "--outtype", "q4_k_m", "--imatrix", str(IMATRIX / "dense.imatrix.gguf")) == 0
+    assert convert(models["dense"], out, "--outtype", "q4_k_m", "--imatrix", str(IMATRIX / "dense.imatrix.gguf"),
+                   quiet=False) == 0     # -q hides warnings
     err = capsys.readouterr().err
     assert "no importance entry for blk.1.attn_q.weight; it is quantized without one" in err
     assert "no importance entry for token_embd.weight" in err

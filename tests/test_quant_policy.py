@@ -396,7 +396,7 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 TABLES = sorted((Path(__file__).parent / "fixtures" / "quant_tables").glob("*.json"))
-ARCHS = {"dense": "llama", "mixtral": "llama", "qwen3moe": "qwen3moe"}
+ARCHS = {"dense": "llama", "mixtral": "llama", "qwen3moe": "qwen3moe", "deepseek2": "deepseek2"}
 
 
 def table_case(path):

@@ -18,39 +18,41 @@ QK = 32
 def q8_0(x, qw, has_qw, out):           # Q8_0 has no weighted variant: ggml ignores the weights
     rows, n = x.shape
     for r in range(rows):
+        xr = x[r]
+        o = out[r]
         for b in range(n // QK):
-            xb = x[r, b * QK:(b + 1) * QK]
-            o = out[r, b * 34:(b + 1) * 34]
+            at = b * QK
+            ob = b * 34
             amax = F32(0.0)
             for j in range(QK):
-                v = abs(xb[j])
+                v = abs(xr[at + j])
                 amax = amax if amax > v else v
             d = amax / F32(127.0)
             iv = F32(1.0) / d if d != 0 else F32(0.0)
             h, _ = fp16_round(d)
-            put_u16(o, 0, h)
+            put_u16(o, ob, h)
             for j in range(QK):
-                o[2 + j] = trunc_int(round_away(xb[j] * iv)) & 0xFF
+                o[ob + 2 + j] = trunc_int(round_away(xr[at + j] * iv)) & 0xFF
 
 
-@njit(**JIT)
-def _absmax_signed(xb):
+@njit(inline="always", **JIT)
+def _absmax_signed(xr, at):
     amax = F32(0.0)
     mx = F32(0.0)
-    for j in range(xb.shape[0]):
-        v = abs(xb[j])
+    for j in range(QK):
+        v = abs(xr[at + j])
         if amax < v:
             amax = v
-            mx = xb[j]
+            mx = xr[at + j]
     return mx
 
 
-@njit(**JIT)
-def _min_max(xb):
+@njit(inline="always", **JIT)
+def _min_max(xr, at):
     mn = F32(3.4028234663852886e38)
     mx = F32(-3.4028234663852886e38)
-    for j in range(xb.shape[0]):
-        v = xb[j]
+    for j in range(QK):
+        v = xr[at + j]
         if v < mn:
             mn = v
         if v > mx:
@@ -72,7 +74,7 @@ def _weights(xb, qw, sigma2, weight):
         weight[j] = qw[j] * np.sqrt(sigma2 + xb[j] * xb[j])
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _pack_q5h(L, o, qs_at, qh_at):
     qh = 0
     for j in range(16):
@@ -92,10 +94,12 @@ def q4_0(x, qw, has_qw, out):
     weight = np.empty(QK, np.float32)
     for r in range(rows):
         sigma2 = _row_sigma2(x[r]) if has_qw else F32(0.0)
+        xr = x[r]
+        orow = out[r]
         for b in range(n // QK):
-            xb = x[r, b * QK:(b + 1) * QK]
-            o = out[r, b * 18:(b + 1) * 18]
             if has_qw:
+                xb = x[r, b * QK:(b + 1) * QK]
+                o = out[r, b * 18:(b + 1) * 18]
                 _weights(xb, qw[b * QK:(b + 1) * QK], sigma2, weight)
                 d = make_qx(xb, Li, 8, weight, True)
                 h, _ = fp16_round(d)
@@ -103,14 +107,16 @@ def q4_0(x, qw, has_qw, out):
                 for j in range(16):
                     o[2 + j] = (I(Li[j]) | (I(Li[j + 16]) << 4)) & 0xFF
                 continue
-            d = _absmax_signed(xb) / F32(-8.0)
+            at = b * QK
+            ob = b * 18
+            d = _absmax_signed(xr, at) / F32(-8.0)
             iv = F32(1.0) / d if d != 0 else F32(0.0)
             h, _ = fp16_round(d)
-            put_u16(o, 0, h)
+            put_u16(orow, ob, h)
             for j in range(16):
-                a = min(15, as_int8(trunc_int(xb[j] * iv + F32(8.5))))
-                c = min(15, as_int8(trunc_int(xb[j + 16] * iv + F32(8.5))))
-                o[2 + j] = (a & 0xFF) | ((c << 4) & 0xFF)
+                a = min(15, as_int8(trunc_int(xr[at + j] * iv + F32(8.5))))
+                c = min(15, as_int8(trunc_int(xr[at + j + 16] * iv + F32(8.5))))
+                orow[ob + 2 + j] = (a & 0xFF) | ((c << 4) & 0xFF)
 
 
 @njit(**JIT)
@@ -121,10 +127,12 @@ def q4_1(x, qw, has_qw, out):
     weight = np.empty(QK, np.float32)
     for r in range(rows):
         sigma2 = _row_sigma2(x[r]) if has_qw else F32(0.0)
+        xr = x[r]
+        orow = out[r]
         for b in range(n // QK):
-            xb = x[r, b * QK:(b + 1) * QK]
-            o = out[r, b * 20:(b + 1) * 20]
             if has_qw:
+                xb = x[r, b * QK:(b + 1) * QK]
+                o = out[r, b * 20:(b + 1) * 20]
                 _weights(xb, qw[b * QK:(b + 1) * QK], sigma2, weight)
                 d, the_min = make_qkx(xb, weight, L, Laux, 15, F32(-0.9), F32(0.05), 36, False)
                 h, _ = fp16_round(d)
@@ -134,17 +142,19 @@ def q4_1(x, qw, has_qw, out):
                 for j in range(16):
                     o[4 + j] = (I(L[j]) | (I(L[j + 16]) << 4)) & 0xFF
                 continue
-            mn, mx = _min_max(xb)
+            at = b * QK
+            ob = b * 20
+            mn, mx = _min_max(xr, at)
             d = (mx - mn) / F32(15.0)
             iv = F32(1.0) / d if d != 0 else F32(0.0)
             h, _ = fp16_round(d)
-            put_u16(o, 0, h)
+            put_u16(orow, ob, h)
             h, _ = fp16_round(mn)
-            put_u16(o, 2, h)
+            put_u16(orow, ob + 2, h)
             for j in range(16):
-                a = min(15, as_int8(trunc_int((xb[j] - mn) * iv + F32(0.5))))
-                c = min(15, as_int8(trunc_int((xb[j + 16] - mn) * iv + F32(0.5))))
-                o[4 + j] = (a & 0xFF) | ((c << 4) & 0xFF)
+                a = min(15, as_int8(trunc_int((xr[at + j] - mn) * iv + F32(0.5))))
+                c = min(15, as_int8(trunc_int((xr[at + j + 16] - mn) * iv + F32(0.5))))
+                orow[ob + 4 + j] = (a & 0xFF) | ((c << 4) & 0xFF)
 
 
 @njit(**JIT)
@@ -155,22 +165,25 @@ def q5_0(x, qw, has_qw, out):
     weight = np.empty(QK, np.float32)
     for r in range(rows):
         sigma2 = _row_sigma2(x[r]) if has_qw else F32(0.0)
+        xr = x[r]
+        orow = out[r]
         for b in range(n // QK):
-            xb = x[r, b * QK:(b + 1) * QK]
-            o = out[r, b * 22:(b + 1) * 22]
+            at = b * QK
             if has_qw:
-                _weights(xb, qw[b * QK:(b + 1) * QK], sigma2, weight)
+                xb = x[r, at:at + QK]
+                _weights(xb, qw[at:at + QK], sigma2, weight)
                 d = make_qx(xb, Li, 16, weight, True)
                 for j in range(QK):
                     Lq[j] = I(Li[j]) & 0xFF
             else:
-                d = _absmax_signed(xb) / F32(-16.0)
+                d = _absmax_signed(xr, at) / F32(-16.0)
                 iv = F32(1.0) / d if d != 0 else F32(0.0)
                 for j in range(QK):
-                    Lq[j] = min(31, as_int8(trunc_int(xb[j] * iv + F32(16.5)))) & 0xFF
+                    Lq[j] = min(31, as_int8(trunc_int(xr[at + j] * iv + F32(16.5)))) & 0xFF
+            ob = b * 22
             h, _ = fp16_round(d)
-            put_u16(o, 0, h)
-            _pack_q5h(Lq, o, 6, 2)
+            put_u16(orow, ob, h)
+            _pack_q5h(Lq, orow, ob + 6, ob + 2)
 
 
 @njit(**JIT)
@@ -182,23 +195,26 @@ def q5_1(x, qw, has_qw, out):
     weight = np.empty(QK, np.float32)
     for r in range(rows):
         sigma2 = _row_sigma2(x[r]) if has_qw else F32(0.0)
+        xr = x[r]
+        orow = out[r]
         for b in range(n // QK):
-            xb = x[r, b * QK:(b + 1) * QK]
-            o = out[r, b * 24:(b + 1) * 24]
+            at = b * QK
             if has_qw:
-                _weights(xb, qw[b * QK:(b + 1) * QK], sigma2, weight)
+                xb = x[r, at:at + QK]
+                _weights(xb, qw[at:at + QK], sigma2, weight)
                 d, the_min = make_qkx(xb, weight, L, Laux, 31, F32(-0.9), F32(0.05), 36, False)
                 m = -the_min
                 for j in range(QK):
                     Lq[j] = I(L[j])
             else:
-                m, mx = _min_max(xb)
+                m, mx = _min_max(xr, at)
                 d = (mx - m) / F32(31.0)
                 iv = F32(1.0) / d if d != 0 else F32(0.0)
                 for j in range(QK):
-                    Lq[j] = trunc_int((xb[j] - m) * iv + F32(0.5)) & 0xFF
+                    Lq[j] = trunc_int((xr[at + j] - m) * iv + F32(0.5)) & 0xFF
+            ob = b * 24
             h, _ = fp16_round(d)
-            put_u16(o, 0, h)
+            put_u16(orow, ob, h)
             h, _ = fp16_round(m)
-            put_u16(o, 2, h)
-            _pack_q5h(Lq, o, 8, 4)
+            put_u16(orow, ob + 2, h)
+            _pack_q5h(Lq, orow, ob + 8, ob + 4)

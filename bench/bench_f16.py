@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -55,8 +56,8 @@ def main(argv=None):
                "Float16": f32.astype(np.float16)}
     cases = [("Float32", T.F16), ("BFloat16", T.F16), ("BFloat16", T.F32), ("Float16", T.F32)]
     n = f32.size * args.bands
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     waited, busy = benchutil.wait_quiet()
     print(f"{args.bands} bands of {args.rows} x {args.cols} ({n / 1e6:.0f} M values), best of {args.reps}; commit "
           f"{commit}; waited {waited:.0f} s for a quiet machine ({busy:.0%} busy)\n")

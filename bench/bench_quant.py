@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -61,17 +62,21 @@ def main(argv=None):
     for qtype in types:                                  # compile / load the cache outside the timings
         quant.quantize(data[:2], qtype, qw)
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     waited, busy = benchutil.wait_quiet()
     print(f"matrix {args.rows} x {args.cols} float32 ({n / 1e6:.1f} M weights){', weighted' if qw is not None else ''}"
           f", best of {args.reps}; commit {commit}; waited {waited:.0f} s for a quiet machine ({busy:.0%} busy)\n")
     header = "| type | ggml 1 thread (M/s) | " + " | ".join(f"ms2gguf {t} thr (M/s)" for t in threads)
-    header += " | ms2gguf 1 thr / ggml | " + " | ".join(f"{t} thr / 1 thr" for t in threads if t != 1) + " |"
+    header += " | ms2gguf 1 thr / ggml | " + " | ".join(f"{t} thr / 1 thr" for t in threads if t != 1)
+    header += " | CPU s used by other processes meanwhile |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     results = []
     for qtype in types:
+        waited, busy = benchutil.wait_quiet(max_wait=60)      # the 2-thread figure needs both cores free
+        others0 = benchutil.cpu_busy()
+        own0 = sum(os.times()[:2])
         best_ggml = float("inf")
         best = {t: float("inf") for t in threads}
         runs = []
@@ -90,12 +95,15 @@ def main(argv=None):
                     raise SystemExit(f"{qtype.name}: bytes differ from ggml with {t} thread(s)")
                 del got
             del ref
+        others = benchutil.cpu_busy() - others0 - (sum(os.times()[:2]) - own0)
         rate = {t: n / best[t] / 1e6 for t in threads}
         line = f"| {qtype.name} | {n / best_ggml / 1e6:.1f} | " + " | ".join(f"{rate[t]:.1f}" for t in threads)
         line += f" | {best_ggml / best[1]:.2f} | " if 1 in threads else " | - | "
-        line += " | ".join(f"{best[1] / best[t]:.2f}" for t in threads if t != 1 and 1 in threads) + " |"
+        line += " | ".join(f"{best[1] / best[t]:.2f}" for t in threads if t != 1 and 1 in threads)
+        line += f" | {max(0.0, others):.1f} |"
         print(line, flush=True)
-        results.append({"type": qtype.name, "ggml_mps": n / best_ggml / 1e6,
+        results.append({"type": qtype.name, "ggml_mps": n / best_ggml / 1e6, "quiet_wait_s": waited,
+                        "other_cpu_s": max(0.0, others),
                         "ms2gguf_mps": {str(t): r for t, r in rate.items()}, "runs": runs})
     if args.json:
         args.json.write_text(json.dumps({"commit": commit, "rows": args.rows, "cols": args.cols,

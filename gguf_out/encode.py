@@ -65,6 +65,8 @@ def _encode_into(block, dtype_name, ggml_type, out):
         target = out.view(_NP[ggml_type]).reshape(block.shape)
         if ggml_type == T.F16 and quant.to_f16_into(block, dtype_name, target):
             return
+        if ggml_type == T.F32 and quant.to_f32_into(block, dtype_name, target):
+            return
         if dtype_name in ("Float32", "Float16"):          # one exact or correctly rounded cast
             np.copyto(target, block, casting="unsafe")
             return
@@ -75,7 +77,12 @@ def _encode_into(block, dtype_name, ggml_type, out):
             np.copyto(flat_out[lo:lo + piece.size], to_float32(piece, dtype_name, wide[:piece.size]),
                       casting="unsafe")
         return
-    values = block if dtype_name == "Float32" else to_float32(block, dtype_name, _thread_buffer(block.size))
+    if dtype_name == "Float32":
+        values = block
+    else:
+        values = _thread_buffer(block.size).reshape(block.shape)
+        if not quant.to_f32_into(block, dtype_name, values):
+            values = to_float32(block, dtype_name, values)
     quant.quantize_into(values, ggml_type, out)
 
 

@@ -74,3 +74,12 @@ def test_f16_path_is_numpys_cast_bit_for_bit(dtype_name, threads):
         want = encode.to_float32(block, dtype_name).astype(np.float16)
     got = np.asarray(encode.encode_rows(block, dtype_name, T.F16, threads))
     assert np.array_equal(got.view(np.uint16).reshape(want.shape), want.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype_name", ["Float16", "BFloat16"])
+def test_f32_path_is_exact_for_every_16_bit_pattern(dtype_name):
+    every = np.arange(65536, dtype=np.uint32).astype(np.uint16).reshape(64, 1024)
+    block = every.view(np.float16) if dtype_name == "Float16" else every
+    want = encode.to_float32(block, dtype_name).astype(np.float32)
+    got = np.asarray(encode.encode_rows(block, dtype_name, T.F32, 2)).view(np.uint32).reshape(want.shape)
+    assert np.array_equal(got, want.view(np.uint32))

@@ -70,9 +70,11 @@ def test_weights_change_the_bytes(qtype):
 def test_row_lengths_and_expert_shapes(qtype):
     """Short rows (one block), long rows, and an expert tensor [experts, rows, n] seen as its rows."""
     block = quant.block_size(qtype)
-    for n in sorted({block, 256, 256 * 3, 256 * 11}):
+    for n in sorted({block, block * 11, 256, 256 * 3, 256 * 11}):    # 11 legacy blocks: a partial group of 8
         data = distributions(3, n, seed=n)["outliers"]
         assert_same(qtype, data, quant.quantize(data, qtype))
+        qw = weights("heavy", n, seed=n)
+        assert_same(qtype, data, quant.quantize(data, qtype, quant_weights=qw), qw)
     experts = distributions(4 * 8, 512, seed=4)["gaussian"].reshape(4, 8, 512)
     rows = experts.reshape(-1, 512)
     assert_same(qtype, rows, quant.quantize(rows, qtype))

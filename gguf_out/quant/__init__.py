@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-__all__ = ["TYPES", "block_size", "quantize", "quantize_into", "quantize_parallel", "row_bytes", "to_f16_into"]
+__all__ = ["TYPES", "block_size", "quantize", "quantize_into", "quantize_parallel", "row_bytes", "to_f16_into",
+           "to_f32_into"]
 
 TYPES = (T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
 _MIN_ROWS_PER_THREAD = 4
@@ -137,6 +138,18 @@ def to_f16_into(src, dtype_name, dst) -> bool:
     from . import _convert
     fn = _convert.f32_to_f16 if dtype_name == "Float32" else _convert.bf16_to_f16
     fn(src.reshape(-1), dst.reshape(-1).view(np.uint16))
+    return True
+
+
+def to_f32_into(src, dtype_name, dst) -> bool:
+    """Float16 or BFloat16 (uint16 bits) values into ``dst`` (float32 of the same shape), exactly; False, with
+    nothing done, for other dtypes or non-contiguous arrays."""
+    if dtype_name not in ("Float16", "BFloat16") or not (src.flags.c_contiguous and dst.flags.c_contiguous):
+        return False
+    _drop_stale_cache()
+    from . import _convert
+    fn = _convert.f16_to_f32 if dtype_name == "Float16" else _convert.bf16_to_f32
+    fn(src.reshape(-1).view(np.uint16), dst.reshape(-1))
     return True
 
 

@@ -1,4 +1,4 @@
-"""float32 / bfloat16 -> IEEE half in one compiled pass (the f16 output path).
+"""float32 / bfloat16 -> IEEE half, and half / bfloat16 -> float32, in one compiled pass (the f16 / f32 outputs).
 
 LLVM's fptrunc to half rounds to nearest even, as numpy's ``astype(np.float16)``; on x86 with F16C and on ARMv8 it
 is one vector instruction per 8-16 values, so the conversion runs at memory speed instead of numpy's scalar loop.
@@ -9,7 +9,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from ._numeric import JIT, f32_bits
+from ._numeric import JIT, f32_bits, fp16_value
 
 
 @intrinsic
@@ -32,6 +32,17 @@ def _bf16_value(typingctx, b):
     def codegen(context, builder, signature, args):
         wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
         return builder.bitcast(wide, ir.FloatType())
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _half_value(typingctx, h):
+    """The float32 value of the IEEE half bits ``h`` (uint16), exact (NaN payloads kept, as numpy)."""
+    if h != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
     return types.float32(types.uint16), codegen
 
 
@@ -60,3 +71,18 @@ def bf16_to_f16(src, dst):
     """dst (uint16) = half bits of the bfloat16 values src (uint16)."""
     for i in range(src.shape[0]):
         dst[i] = _to_half(_bf16_value(src[i]))
+
+
+@njit(**JIT)
+def f16_to_f32(src, dst):
+    """dst (float32) = the values of the half bits src (uint16)."""
+    for i in range(src.shape[0]):
+        v = _half_value(src[i])
+        dst[i] = fp16_value(np.int64(src[i])) if v != v else v     # NaN: payload kept as is (numpy), not quietened
+
+
+@njit(**JIT)
+def bf16_to_f32(src, dst):
+    """dst (float32) = the values of the bfloat16 bits src (uint16)."""
+    for i in range(src.shape[0]):
+        dst[i] = _bf16_value(src[i])

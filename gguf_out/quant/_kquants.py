@@ -132,6 +132,8 @@ def q3_k(x, qw, has_qw, out):
     W = np.empty((16, 16), np.float32)
     Lt = np.empty((16, 16), np.int8)
     col = np.empty((3, 16), np.float32)
+    dsub = np.empty(16, np.float32)
+    Lf = np.empty(QK_K, np.float32)
     wk = np.empty((8, 16), np.float32)
     scales = np.empty(16, np.float32)
     sw = np.empty(16, np.float32)
@@ -180,16 +182,15 @@ def q3_k(x, qw, has_qw, out):
                     hd, dval = fp16_round(F32(0.0))
             put_u16(o, 108, hd)
             for j in range(16):
-                for i in range(16):
-                    L[16 * j + i] = Lt[i, j]
-            for j in range(16):
                 sc = (I(o[96 + j]) & 0xF) if j < 8 else (I(o[96 + j - 8]) >> 4)
                 sc = (sc | (((I(o[104 + (j & 3)]) >> (2 * (j >> 2))) & 3) << 4)) - 32
-                d = dval * F32(sc)
-                if d == 0:
-                    continue
-                for i in range(16):
-                    L[16 * j + i] = max(-4, min(3, nearest_int(xb[16 * j + i] / d))) + 4
+                dsub[j] = dval * F32(sc)
+            for e in range(QK_K):           # requantize, or keep the fit's level where the scale is 0
+                d = dsub[e >> 4]
+                q = F32(max(-4, min(3, nearest_int(xb[e] / d))) + 4)
+                Lf[e] = F32(Lt[e & 15, e >> 4]) if d == 0 else q
+            for e in range(QK_K):
+                L[e] = np.int64(Lf[e])
             for k in range(32):              # hmask: bit j/32 of byte j%32 is level j's 4 (levels are 0..7)
                 h = 0
                 for m in range(8):

@@ -8,10 +8,11 @@ column, the same for every row, as ggml_quantize_chunk's ``imatrix``), out uint8
 import numpy as np
 from numba import njit
 
-from ._fit import make_qkx, make_qx
+from ._fit import make_qkx_lanes, make_qx_lanes
 from ._numeric import F32, JIT, I, as_int8, fp16_round, put_u16, round_away, trunc_int
 
 QK = 32
+LANES = 8          # blocks fitted at once on the importance-weighted paths
 
 
 @njit(**JIT)
@@ -68,12 +69,6 @@ def _row_sigma2(xr):
     return s / F32(xr.shape[0])
 
 
-@njit(**JIT)
-def _weights(xb, qw, sigma2, weight):
-    for j in range(xb.shape[0]):
-        weight[j] = qw[j] * np.sqrt(sigma2 + xb[j] * xb[j])
-
-
 @njit(inline="always", **JIT)
 def _pack_q5h(L, o, qs_at, qh_at):
     qh = 0
@@ -88,25 +83,101 @@ def _pack_q5h(L, o, qs_at, qh_at):
 
 
 @njit(**JIT)
-def q4_0(x, qw, has_qw, out):
+def _fill_lanes(xr, qw, sigma2, g0, S, Xt, W):
+    """Blocks g0 .. g0+S-1 of a row as the columns of Xt (unused columns zero) and their importance weights
+    qw * sqrt(sigma2 + x*x) in W."""
+    for i in range(QK):
+        for s in range(Xt.shape[1]):
+            if s < S:
+                e = (g0 + s) * QK + i
+                x = xr[e]
+                Xt[i, s] = x
+                W[i, s] = qw[e] * np.sqrt(sigma2 + x * x)
+            else:
+                Xt[i, s] = F32(0.0)
+                W[i, s] = F32(0.0)
+
+
+@njit(**JIT)
+def _symmetric_w(x, qw, out, nmax, block_bytes):
+    """Q4_0 / Q5_0 with importance weights (quantize_row_q4_0_impl / q5_0_impl): make_qx_quants per block, run on
+    8 blocks at a time."""
     rows, n = x.shape
-    Li = np.empty(QK, np.int8)
-    weight = np.empty(QK, np.float32)
+    nb = n // QK
+    Xt = np.empty((QK, LANES), np.float32)
+    W = np.empty((QK, LANES), np.float32)
+    Lt = np.empty((QK, LANES), np.int8)
+    scales = np.empty(LANES, np.float32)
+    wk = np.empty((8, LANES), np.float32)
+    Lq = np.empty(QK, np.int64)
     for r in range(rows):
-        sigma2 = _row_sigma2(x[r]) if has_qw else F32(0.0)
+        xr = x[r]
+        orow = out[r]
+        sigma2 = _row_sigma2(xr)
+        for g0 in range(0, nb, LANES):
+            S = min(LANES, nb - g0)
+            _fill_lanes(xr, qw, sigma2, g0, S, Xt, W)
+            make_qx_lanes(Xt, W, nmax, Lt, scales, wk)
+            for s in range(S):
+                ob = (g0 + s) * block_bytes
+                h, _ = fp16_round(scales[s])
+                put_u16(orow, ob, h)
+                if nmax == 8:
+                    for j in range(16):
+                        orow[ob + 2 + j] = (I(Lt[j, s]) | (I(Lt[j + 16, s]) << 4)) & 0xFF
+                else:
+                    for j in range(QK):
+                        Lq[j] = I(Lt[j, s]) & 0xFF
+                    _pack_q5h(Lq, orow, ob + 6, ob + 2)
+
+
+@njit(**JIT)
+def _asymmetric_w(x, qw, out, nmax, block_bytes):
+    """Q4_1 / Q5_1 with importance weights (quantize_row_q4_1_impl / q5_1_impl): make_qkx3_quants per block, run
+    on 8 blocks at a time."""
+    rows, n = x.shape
+    nb = n // QK
+    Xt = np.empty((QK, LANES), np.float32)
+    W = np.empty((QK, LANES), np.float32)
+    Lt = np.empty((QK, LANES), np.uint8)
+    Laux = np.empty((QK, LANES), np.uint8)
+    scales = np.empty(LANES, np.float32)
+    mins = np.empty(LANES, np.float32)
+    wk = np.empty((16, LANES), np.float32)
+    Lq = np.empty(QK, np.int64)
+    for r in range(rows):
+        xr = x[r]
+        orow = out[r]
+        sigma2 = _row_sigma2(xr)
+        for g0 in range(0, nb, LANES):
+            S = min(LANES, nb - g0)
+            _fill_lanes(xr, qw, sigma2, g0, S, Xt, W)
+            make_qkx_lanes(Xt, W, nmax, F32(-0.9), F32(0.05), 36, False, Lt, Laux, scales, mins, wk)
+            for s in range(S):
+                ob = (g0 + s) * block_bytes
+                h, _ = fp16_round(scales[s])
+                put_u16(orow, ob, h)
+                h, _ = fp16_round(-mins[s])
+                put_u16(orow, ob + 2, h)
+                if nmax == 15:
+                    for j in range(16):
+                        orow[ob + 4 + j] = (I(Lt[j, s]) | (I(Lt[j + 16, s]) << 4)) & 0xFF
+                else:
+                    for j in range(QK):
+                        Lq[j] = I(Lt[j, s])
+                    _pack_q5h(Lq, orow, ob + 8, ob + 4)
+
+
+@njit(**JIT)
+def q4_0(x, qw, has_qw, out):
+    if has_qw:
+        _symmetric_w(x, qw, out, 8, 18)
+        return
+    rows, n = x.shape
+    for r in range(rows):
         xr = x[r]
         orow = out[r]
         for b in range(n // QK):
-            if has_qw:
-                xb = x[r, b * QK:(b + 1) * QK]
-                o = out[r, b * 18:(b + 1) * 18]
-                _weights(xb, qw[b * QK:(b + 1) * QK], sigma2, weight)
-                d = make_qx(xb, Li, 8, weight, True)
-                h, _ = fp16_round(d)
-                put_u16(o, 0, h)
-                for j in range(16):
-                    o[2 + j] = (I(Li[j]) | (I(Li[j + 16]) << 4)) & 0xFF
-                continue
             at = b * QK
             ob = b * 18
             d = _absmax_signed(xr, at) / F32(-8.0)
@@ -121,27 +192,14 @@ def q4_0(x, qw, has_qw, out):
 
 @njit(**JIT)
 def q4_1(x, qw, has_qw, out):
+    if has_qw:
+        _asymmetric_w(x, qw, out, 15, 20)
+        return
     rows, n = x.shape
-    L = np.empty(QK, np.uint8)
-    Laux = np.empty(QK, np.uint8)
-    weight = np.empty(QK, np.float32)
     for r in range(rows):
-        sigma2 = _row_sigma2(x[r]) if has_qw else F32(0.0)
         xr = x[r]
         orow = out[r]
         for b in range(n // QK):
-            if has_qw:
-                xb = x[r, b * QK:(b + 1) * QK]
-                o = out[r, b * 20:(b + 1) * 20]
-                _weights(xb, qw[b * QK:(b + 1) * QK], sigma2, weight)
-                d, the_min = make_qkx(xb, weight, L, Laux, 15, F32(-0.9), F32(0.05), 36, False)
-                h, _ = fp16_round(d)
-                put_u16(o, 0, h)
-                h, _ = fp16_round(-the_min)
-                put_u16(o, 2, h)
-                for j in range(16):
-                    o[4 + j] = (I(L[j]) | (I(L[j + 16]) << 4)) & 0xFF
-                continue
             at = b * QK
             ob = b * 20
             mn, mx = _min_max(xr, at)
@@ -159,27 +217,20 @@ def q4_1(x, qw, has_qw, out):
 
 @njit(**JIT)
 def q5_0(x, qw, has_qw, out):
+    if has_qw:
+        _symmetric_w(x, qw, out, 16, 22)
+        return
     rows, n = x.shape
-    Li = np.empty(QK, np.int8)
     Lq = np.empty(QK, np.int64)
-    weight = np.empty(QK, np.float32)
     for r in range(rows):
-        sigma2 = _row_sigma2(x[r]) if has_qw else F32(0.0)
         xr = x[r]
         orow = out[r]
         for b in range(n // QK):
             at = b * QK
-            if has_qw:
-                xb = x[r, at:at + QK]
-                _weights(xb, qw[at:at + QK], sigma2, weight)
-                d = make_qx(xb, Li, 16, weight, True)
-                for j in range(QK):
-                    Lq[j] = I(Li[j]) & 0xFF
-            else:
-                d = _absmax_signed(xr, at) / F32(-16.0)
-                iv = F32(1.0) / d if d != 0 else F32(0.0)
-                for j in range(QK):
-                    Lq[j] = min(31, as_int8(trunc_int(xr[at + j] * iv + F32(16.5)))) & 0xFF
+            d = _absmax_signed(xr, at) / F32(-16.0)
+            iv = F32(1.0) / d if d != 0 else F32(0.0)
+            for j in range(QK):
+                Lq[j] = min(31, as_int8(trunc_int(xr[at + j] * iv + F32(16.5)))) & 0xFF
             ob = b * 22
             h, _ = fp16_round(d)
             put_u16(orow, ob, h)
@@ -188,30 +239,21 @@ def q5_0(x, qw, has_qw, out):
 
 @njit(**JIT)
 def q5_1(x, qw, has_qw, out):
+    if has_qw:
+        _asymmetric_w(x, qw, out, 31, 24)
+        return
     rows, n = x.shape
-    L = np.empty(QK, np.uint8)
-    Laux = np.empty(QK, np.uint8)
     Lq = np.empty(QK, np.int64)
-    weight = np.empty(QK, np.float32)
     for r in range(rows):
-        sigma2 = _row_sigma2(x[r]) if has_qw else F32(0.0)
         xr = x[r]
         orow = out[r]
         for b in range(n // QK):
             at = b * QK
-            if has_qw:
-                xb = x[r, at:at + QK]
-                _weights(xb, qw[at:at + QK], sigma2, weight)
-                d, the_min = make_qkx(xb, weight, L, Laux, 31, F32(-0.9), F32(0.05), 36, False)
-                m = -the_min
-                for j in range(QK):
-                    Lq[j] = I(L[j])
-            else:
-                m, mx = _min_max(xr, at)
-                d = (mx - m) / F32(31.0)
-                iv = F32(1.0) / d if d != 0 else F32(0.0)
-                for j in range(QK):
-                    Lq[j] = trunc_int((xr[at + j] - m) * iv + F32(0.5)) & 0xFF
+            m, mx = _min_max(xr, at)
+            d = (mx - m) / F32(31.0)
+            iv = F32(1.0) / d if d != 0 else F32(0.0)
+            for j in range(QK):
+                Lq[j] = trunc_int((xr[at + j] - m) * iv + F32(0.5)) & 0xFF
             ob = b * 24
             h, _ = fp16_round(d)
             put_u16(orow, ob, h)

@@ -12,6 +12,8 @@ Cases (``--cases``, comma-separated, default all):
   f16         f16 checkpoint -> --outtype f16 (most tensors raw-copied with copy_file_range).
   q8_0        f32 checkpoint -> --outtype q8_0 (every 2-D tensor converted in numpy).
   bf16        bf16 checkpoint -> --outtype f16 (every 2-D tensor converted in numpy).
+  q4_k_m      f16 checkpoint -> --outtype q4_k_m (llama-quantize's preset: Q4_K / Q6_K, compiled quantizers).
+  q8_0_1t, q4_k_m_1t, bf16_1t   the same with --threads 1 (the scaling from one core to all).
 
 Each conversion runs as ``python -m gguf_out.cli CKPT llama2 OUT --outtype T --force -q`` in its own subprocess.
 Wall time: time.perf_counter around the subprocess. Peak RSS, user/sys CPU and page faults: /usr/bin/time
@@ -51,7 +53,12 @@ CASES = {   # name -> (input dir, --outtype)
     "f16": ("f16", "f16"),
     "q8_0": ("f32", "q8_0"),
     "bf16": ("bf16", "f16"),
+    "q4_k_m": ("f16", "q4_k_m"),
+    "q8_0_1t": ("f32", "q8_0"),
+    "q4_k_m_1t": ("f16", "q4_k_m"),
+    "bf16_1t": ("bf16", "f16"),
 }
+EXTRA_ARGS = {"q8_0_1t": ["--threads", "1"], "q4_k_m_1t": ["--threads", "1"], "bf16_1t": ["--threads", "1"]}
 
 
 def sh(*cmd):
@@ -142,8 +149,8 @@ def run_measured(cmd, cwd=None, env=None):
             "other_cpu_s": max(0.0, busy - user - sys_), "stdout": out[-2000:]}
 
 
-def converter_cmd(ckpt, out, outtype, dry=False):
-    cmd = [PY, "-m", "gguf_out.cli", str(ckpt), "llama2", str(out), "--outtype", outtype, "--force", "-q"]
+def converter_cmd(ckpt, out, outtype, dry=False, extra=()):
+    cmd = [PY, "-m", "gguf_out.cli", str(ckpt), "llama2", str(out), "--outtype", outtype, "--force", "-q", *extra]
     return cmd + ["--dry-run"] if dry else cmd
 
 
@@ -212,7 +219,8 @@ def one_run(case, data, out_dir, cold, tree=None, tag=""):
         out = out_dir / f"{case}.gguf"
         PRIME["seconds"] = (prime_memory(data / "f16" / "model.ckpt", out_dir / "prime.tmp")
                             if PRIME["on"] and not cold else 0.0)
-        r = run_measured(converter_cmd(src, out, outtype, dry=case == "dry"), cwd=tree, env=converter_env(tree))
+        r = run_measured(converter_cmd(src, out, outtype, dry=case == "dry", extra=EXTRA_ARGS.get(case, ())),
+                         cwd=tree, env=converter_env(tree))
         if case != "dry":
             r["output"] = check_output(out, src, outtype)
     r.update(case=f"{case}@{tag}" if tag and case != "cp" else case, tree=str(tree), cold=cold,

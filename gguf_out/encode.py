@@ -1,7 +1,6 @@
 """Output tensor types and the conversion of a block of rows into GGUF bytes."""
 
-from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+import threading
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
@@ -14,14 +13,24 @@ from .errors import ConvertError
 SAME_BYTES = {"Float32": T.F32, "Float16": T.F16, "BFloat16": T.BF16}
 _CHUNK_BYTES = 32 << 20      # rows are converted in blocks of about this many float32 bytes
 _MIN_ROWS_PER_THREAD = 16
+_WIDEN_ELEMENTS = 1 << 16    # bf16 / f16 -> f32 -> f16 / f32 in pieces of this many values (stay in the CPU cache)
+_NP = {T.F32: np.float32, T.F16: np.float16}
 
 
-def to_float32(block, dtype_name):
+def to_float32(block, dtype_name, out=None):
+    """Values of ``block`` as float32, into ``out`` (a float32 array of the block's size) when given."""
     if dtype_name == "Float32":
         return block
+    if out is None:
+        if dtype_name == "BFloat16":
+            return (block.astype(np.uint32) << 16).view(np.float32)
+        return block.astype(np.float32)
+    out = out.reshape(block.shape)
     if dtype_name == "BFloat16":
-        return (block.astype(np.uint32) << 16).view(np.float32)
-    return block.astype(np.float32)
+        np.left_shift(block, 16, out=out.view(np.uint32), dtype=np.uint32)
+    else:
+        np.copyto(out, block, casting="unsafe")
+    return out
 
 
 def encode_rows(block, dtype_name, ggml_type, threads=1, weights=None):
@@ -29,23 +38,60 @@ def encode_rows(block, dtype_name, ggml_type, threads=1, weights=None):
     ``weights``: per-column importances (an imatrix entry) for the types that use them (weighted.WEIGHTED_TYPES,
     quantized by gguf_out.quant's compiled kernels; Q8_0 and the float types ignore them, as ggml does).
 
-    Rows are independent, so a block is cut into row ranges encoded in parallel (numpy and the compiled
-    quantizers of gguf_out.quant release the GIL) and joined in order.
+    Rows are independent: a 2-D block is cut into one band of rows per thread, each converted straight into its
+    slice of the output (numpy's casts and the compiled quantizers of gguf_out.quant release the GIL). The output
+    and the per-thread float32 widening space are work buffers kept from block to block (fresh tens of MB per block
+    cost a page fault per page); the result is a view of the output buffer, valid until the next call for the same
+    type — the writer consumes it first.
     """
     if SAME_BYTES.get(dtype_name) == ggml_type:
         return np.ascontiguousarray(block)
+    ggml_type = T(int(ggml_type))
     if ggml_type not in weighted.WEIGHTED_TYPES:
         weights = None
-    parts = min(threads, len(block) // _MIN_ROWS_PER_THREAD) if block.ndim > 1 else 1
+    if block.ndim != 2 or (ggml_type not in _NP and ggml_type not in quant.TYPES):
+        return _encode_small(block, dtype_name, ggml_type)
+    rows, width = block.shape
+    out = _shared_buffer(ggml_type, rows * quant.row_bytes(ggml_type, width)).reshape(rows, -1)
+    parts = min(threads, rows // _MIN_ROWS_PER_THREAD)
     if parts <= 1:
-        return _encode(block, dtype_name, ggml_type, weights)
-    bounds = np.linspace(0, len(block), parts + 1).astype(int)
-    pieces = _pool(threads).map(lambda i: _encode(block[bounds[i]:bounds[i + 1]], dtype_name, ggml_type, weights),
-                                range(parts))
-    return np.concatenate(list(pieces))
+        _encode_into(block, dtype_name, ggml_type, out, weights)
+        return out
+    bounds = np.linspace(0, rows, parts + 1).astype(int)
+    list(quant.pool(parts).map(lambda i: _encode_into(block[bounds[i]:bounds[i + 1]], dtype_name, ggml_type,
+                                                      out[bounds[i]:bounds[i + 1]], weights), range(parts)))
+    return out
 
 
-def _encode(block, dtype_name, ggml_type, weights=None):
+def _encode_into(block, dtype_name, ggml_type, out, weights=None):
+    """Rows of ``block`` as ``ggml_type`` into ``out`` (uint8 [rows, row bytes]), with importances ``weights``."""
+    if ggml_type in _NP:
+        target = out.view(_NP[ggml_type]).reshape(block.shape)
+        if ggml_type == T.F16 and quant.to_f16_into(block, dtype_name, target):
+            return
+        if ggml_type == T.F32 and quant.to_f32_into(block, dtype_name, target):
+            return
+        if dtype_name in ("Float32", "Float16"):          # one exact or correctly rounded cast
+            np.copyto(target, block, casting="unsafe")
+            return
+        flat_in, flat_out = block.reshape(-1), target.reshape(-1)
+        wide = _thread_buffer(min(flat_in.size, _WIDEN_ELEMENTS))
+        for lo in range(0, flat_in.size, _WIDEN_ELEMENTS):
+            piece = flat_in[lo:lo + _WIDEN_ELEMENTS]
+            np.copyto(flat_out[lo:lo + piece.size], to_float32(piece, dtype_name, wide[:piece.size]),
+                      casting="unsafe")
+        return
+    if dtype_name == "Float32":
+        values = block
+    else:
+        values = _thread_buffer(block.size).reshape(block.shape)
+        if not quant.to_f32_into(block, dtype_name, values):
+            values = to_float32(block, dtype_name, values)
+    quant.quantize_into(values, ggml_type, out, quant_weights=weights)
+
+
+def _encode_small(block, dtype_name, ggml_type):
+    """Whole small tensors (norms, biases: below 2-D) and types without a compiled path, in fresh arrays."""
     values = to_float32(block, dtype_name)
     if ggml_type == T.F32:
         return np.ascontiguousarray(values, dtype=np.float32)
@@ -56,9 +102,25 @@ def _encode(block, dtype_name, ggml_type, weights=None):
     return quants.quantize(np.ascontiguousarray(values), ggml_type)
 
 
-@lru_cache(maxsize=None)
-def _pool(threads):
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ms2gguf-encode")
+_SHARED = {}
+_LOCAL = threading.local()
+
+
+def _shared_buffer(key, nbytes):
+    """The output work buffer for ``key``, grown when needed (one per output type: several types of one band are
+    encoded one after the other, each written before the next band)."""
+    buf = _SHARED.get(key)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _SHARED[key] = np.empty(nbytes, np.uint8)
+    return buf[:nbytes]
+
+
+def _thread_buffer(n):
+    """This thread's float32 widening buffer of at least ``n`` values."""
+    buf = getattr(_LOCAL, "wide", None)
+    if buf is None or buf.size < n:
+        buf = _LOCAL.wide = np.empty(n, np.float32)
+    return buf[:n]
 
 
 def rows_per_chunk(row_length):

@@ -70,9 +70,11 @@ def test_weights_change_the_bytes(qtype):
 def test_row_lengths_and_expert_shapes(qtype):
     """Short rows (one block), long rows, and an expert tensor [experts, rows, n] seen as its rows."""
     block = quant.block_size(qtype)
-    for n in sorted({block, 256, 256 * 3, 256 * 11}):
+    for n in sorted({block, block * 11, 256, 256 * 3, 256 * 11}):    # 11 legacy blocks: a partial group of 8
         data = distributions(3, n, seed=n)["outliers"]
         assert_same(qtype, data, quant.quantize(data, qtype))
+        qw = weights("heavy", n, seed=n)
+        assert_same(qtype, data, quant.quantize(data, qtype, quant_weights=qw), qw)
     experts = distributions(4 * 8, 512, seed=4)["gaussian"].reshape(4, 8, 512)
     rows = experts.reshape(-1, 512)
     assert_same(qtype, rows, quant.quantize(rows, qtype))
@@ -114,3 +116,27 @@ def test_other_float_dtypes_are_converted():
     assert np.array_equal(quant.quantize(data.astype(np.float64), T.Q4_K), quant.quantize(data, T.Q4_K))
     assert np.array_equal(quant.quantize(data.astype(np.float16), T.Q8_0),
                           quant.quantize(data.astype(np.float16).astype(np.float32), T.Q8_0))
+
+
+class NoLocator:
+    """A numba cache locator that never applies: as if nowhere were writable (read-only install, no home)."""
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        return None
+
+
+def test_works_without_a_writable_cache(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, NUMBA_CACHE_LOCATOR_CLASSES="test_quant.NoLocator",
+               PYTHONPATH=os.pathsep.join([str(root), str(root / "tests")]))
+    code = ("import numpy as np; from gguf_out import quant; from gguf_out.quant import _numeric;"
+            "assert _numeric.JIT['cache'] is False;"
+            "print(quant.quantize(np.ones((1, 256), np.float32), 12).nbytes)")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "144"

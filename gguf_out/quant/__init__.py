@@ -16,22 +16,48 @@ installing compiles (a few seconds per type), later processes load the cache.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-__all__ = ["TYPES", "quantize", "quantize_parallel", "quantize_into", "row_bytes", "block_size"]
+__all__ = ["TYPES", "block_size", "quantize", "quantize_into", "quantize_parallel", "row_bytes", "to_f16_into",
+           "to_f32_into"]
 
 TYPES = (T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
 _MIN_ROWS_PER_THREAD = 4
 _NO_WEIGHTS = np.empty(0, np.float32)
+_SOURCES = ("_numeric.py", "_fit.py", "_legacy.py", "_kquants.py", "_convert.py")
+
+
+def _drop_stale_cache():
+    """numba keys a cached kernel to its own file only, but the kernels inline helpers from _fit.py and
+    _numeric.py: when any of the four sources changed since the cache beside them was written (an edited
+    checkout; installs replace all files at once), drop that cache so nothing stale is loaded."""
+    here = Path(__file__).resolve().parent
+    cache = here / "__pycache__"
+    digest = hashlib.sha256(b"".join((here / f).read_bytes() for f in _SOURCES)).hexdigest()
+    stamp = cache / "quant-kernels.sha256"
+    try:
+        if stamp.read_text() == digest:
+            return
+    except OSError:
+        pass
+    try:
+        for f in cache.glob("_*.nb[ic]"):
+            f.unlink()
+        stamp.write_text(digest)
+    except OSError:         # read-only: numba then uses its per-user cache, which it keys the same way
+        pass
 
 
 @lru_cache(maxsize=None)
 def _kernel(qtype):
+    _drop_stale_cache()
     from . import _kquants, _legacy      # imported on first use: numba loads only when something is quantized
     return {T.Q8_0: _legacy.q8_0, T.Q4_0: _legacy.q4_0, T.Q4_1: _legacy.q4_1, T.Q5_0: _legacy.q5_0,
             T.Q5_1: _legacy.q5_1, T.Q2_K: _kquants.q2_k, T.Q3_K: _kquants.q3_k, T.Q4_K: _kquants.q4_k,
@@ -100,6 +126,31 @@ def quantize_parallel(data, qtype, threads: int | None = None, quant_weights=Non
     list(pool(parts).map(lambda i: kernel(data[bounds[i]:bounds[i + 1]], qw, qw.size > 0,
                                           out[bounds[i]:bounds[i + 1]]), range(parts)))
     return out
+
+
+def to_f16_into(src, dtype_name, dst) -> bool:
+    """Float32 or BFloat16 (uint16 bits) values into ``dst`` (float16 of the same shape) in one compiled pass, as
+    numpy's ``astype(np.float16)`` would (bit for bit, NaNs included). False, with nothing done, for other dtypes
+    or non-contiguous arrays (the caller then uses numpy)."""
+    if dtype_name not in ("Float32", "BFloat16") or not (src.flags.c_contiguous and dst.flags.c_contiguous):
+        return False
+    _drop_stale_cache()
+    from . import _convert
+    fn = _convert.f32_to_f16 if dtype_name == "Float32" else _convert.bf16_to_f16
+    fn(src.reshape(-1), dst.reshape(-1).view(np.uint16))
+    return True
+
+
+def to_f32_into(src, dtype_name, dst) -> bool:
+    """Float16 or BFloat16 (uint16 bits) values into ``dst`` (float32 of the same shape), exactly; False, with
+    nothing done, for other dtypes or non-contiguous arrays."""
+    if dtype_name not in ("Float16", "BFloat16") or not (src.flags.c_contiguous and dst.flags.c_contiguous):
+        return False
+    _drop_stale_cache()
+    from . import _convert
+    fn = _convert.f16_to_f32 if dtype_name == "Float16" else _convert.bf16_to_f32
+    fn(src.reshape(-1).view(np.uint16), dst.reshape(-1))
+    return True
 
 
 @lru_cache(maxsize=None)

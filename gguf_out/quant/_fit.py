@@ -62,125 +62,6 @@ def make_qx(x, L, nmax, qw, has_qw):
 
 
 @njit(**JIT)
-def make_q3(x, L, nmax):
-    """make_q3_quants with do_rmse: symmetric fit plus up to 5 coordinate-descent passes; L (int8) = level + nmax."""
-    n = x.shape[0]
-    mx = F32(0.0)
-    amax = F32(0.0)
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            mx = x[i]
-    if amax < EPS:
-        for i in range(n):
-            L[i] = 0
-        return F32(0.0)
-    iscale = F32(-nmax) / mx
-    sumlx = F32(0.0)
-    suml2 = F32(0.0)
-    for i in range(n):
-        l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-        L[i] = l
-        w = x[i] * x[i]
-        fl = F32(l)
-        sumlx += w * x[i] * fl
-        suml2 += w * fl * fl
-    for _ in range(5):
-        changed = 0
-        for i in range(n):
-            w = x[i] * x[i]
-            li = F32(L[i])
-            slx = sumlx - w * x[i] * li
-            if slx > 0:
-                sl2 = suml2 - w * li * li
-                new_l = max(-nmax, min(nmax - 1, nearest_int(x[i] * sl2 / slx)))
-                if new_l != L[i]:
-                    fl = F32(new_l)
-                    slx += w * x[i] * fl
-                    sl2 += w * fl * fl
-                    if sl2 > 0 and slx * slx * suml2 > sumlx * sumlx * sl2:
-                        L[i] = new_l
-                        sumlx = slx
-                        suml2 = sl2
-                        changed += 1
-        if changed == 0:
-            break
-    for i in range(n):
-        L[i] += nmax
-    return sumlx / suml2 if suml2 > 0 else F32(0.0)
-
-
-@njit(**JIT)
-def make_qkx(x, w, L, Laux, nmax, rmin, rdelta, nstep, use_mad):
-    """make_qkx2_quants (and make_qkx3_quants, which is the same given weights): x ~ scale*L - the_min with
-    L (uint8) in [0, nmax]. Returns (scale, the_min)."""
-    n = x.shape[0]
-    mn = x[0]
-    mx = x[0]
-    sum_w = w[0]
-    sum_x = sum_w * x[0]
-    for i in range(1, n):
-        xi = x[i]
-        if xi < mn:
-            mn = xi
-        if xi > mx:
-            mx = xi
-        sum_w += w[i]
-        sum_x += w[i] * xi
-    if mn > 0:
-        mn = F32(0.0)
-    if mx == mn:
-        for i in range(n):
-            L[i] = 0
-        return F32(0.0), -mn
-    fn = F32(nmax)
-    iscale = fn / (mx - mn)
-    scale = F32(1.0) / iscale
-    best = F32(0.0)
-    for i in range(n):
-        l = max(0, min(nmax, nearest_int(iscale * (x[i] - mn))))
-        L[i] = l
-        diff = scale * F32(l) + mn - x[i]
-        diff = abs(diff) if use_mad else diff * diff
-        best += w[i] * diff
-    if nstep < 1:
-        return scale, -mn
-    for s in range(nstep + 1):
-        iscale = (rmin + rdelta * F32(s) + fn) / (mx - mn)
-        sum_l = F32(0.0)
-        sum_l2 = F32(0.0)
-        sum_xl = F32(0.0)
-        for i in range(n):
-            l = max(0, min(nmax, nearest_int(iscale * (x[i] - mn))))
-            Laux[i] = l
-            fl = F32(l)
-            wl = w[i] * fl
-            sum_l += wl
-            sum_l2 += wl * fl
-            sum_xl += wl * x[i]
-        D = sum_w * sum_l2 - sum_l * sum_l
-        if D > 0:
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-            if this_min > 0:
-                this_min = F32(0.0)
-                this_scale = sum_xl / sum_l2
-            err = F32(0.0)
-            for i in range(n):
-                diff = this_scale * F32(Laux[i]) + this_min - x[i]
-                diff = abs(diff) if use_mad else diff * diff
-                err += w[i] * diff
-            if err < best:
-                for i in range(n):
-                    L[i] = Laux[i]
-                best = err
-                scale = this_scale
-                mn = this_min
-    return scale, -mn
-
-
-@njit(**JIT)
 def make_qp(x, L, nmax, qw):
     """make_qp_quants: non-negative values (scales, mins) to L (uint8) in [0, nmax] with weights qw."""
     n = x.shape[0]
@@ -242,3 +123,222 @@ def make_qp(x, L, nmax, qw):
         if changed == 0:
             break
     return sumlx / suml2 if suml2 > 0 else F32(0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The same fits for all sub-blocks of a super-block at once: Xt, W are (n, S) = (element, sub-block), so every
+# loop over the elements of a sub-block runs across the S sub-blocks in its inner loop (which the compiler
+# vectorises) while each sub-block's sums still add its elements in ggml's order. Per-sub-block decisions are kept
+# as the parameters of the best candidate (as the NumPy port does); the levels are recomputed from them once.
+
+
+@njit(**JIT)
+def make_qx_lanes(Xt, W, nmax, Lt, scale, wk):
+    """make_qx_quants (rmse_type 1, weights W) on every column of Xt: scale[s], Lt (int8) = level + nmax."""
+    n, S = Xt.shape
+    amax, mx, isc, sumlx, suml2, best, bisc = wk[0], wk[1], wk[2], wk[3], wk[4], wk[5], wk[6]
+    fn = F32(nmax)
+    for s in range(S):
+        amax[s] = F32(0.0)
+        mx[s] = F32(0.0)
+    for i in range(n):
+        for s in range(S):
+            ax = abs(Xt[i, s])
+            if ax > amax[s]:
+                amax[s] = ax
+                mx[s] = Xt[i, s]
+    for s in range(S):
+        isc[s] = F32(-nmax) / mx[s]
+        sumlx[s] = F32(0.0)
+        suml2[s] = F32(0.0)
+    for i in range(n):
+        for s in range(S):
+            fl = F32(max(-nmax, min(nmax - 1, nearest_int(isc[s] * Xt[i, s]))))
+            w = W[i, s]
+            sumlx[s] += w * Xt[i, s] * fl
+            suml2[s] += w * fl * fl
+    for s in range(S):
+        scale[s] = sumlx[s] / suml2[s] if suml2[s] != 0 else F32(0.0)
+        best[s] = scale[s] * sumlx[s]
+        bisc[s] = isc[s]
+    for k in range(-9, 10):
+        if k == 0:
+            continue
+        for s in range(S):
+            isc[s] = -(fn + F32(0.1) * F32(k)) / mx[s]
+            sumlx[s] = F32(0.0)
+            suml2[s] = F32(0.0)
+        for i in range(n):
+            for s in range(S):
+                fl = F32(max(-nmax, min(nmax - 1, nearest_int(isc[s] * Xt[i, s]))))
+                w = W[i, s]
+                sumlx[s] += w * Xt[i, s] * fl
+                suml2[s] += w * fl * fl
+        for s in range(S):
+            if suml2[s] > 0 and sumlx[s] * sumlx[s] > best[s] * suml2[s]:
+                scale[s] = sumlx[s] / suml2[s]
+                best[s] = scale[s] * sumlx[s]
+                bisc[s] = isc[s]
+    for i in range(n):
+        for s in range(S):
+            Lt[i, s] = nmax + max(-nmax, min(nmax - 1, nearest_int(bisc[s] * Xt[i, s])))
+    for s in range(S):
+        if amax[s] < EPS:
+            scale[s] = F32(0.0)
+            for i in range(n):
+                Lt[i, s] = 0
+
+
+@njit(**JIT)
+def make_q3_lanes(Xt, nmax, Lt, scale, wk, col):
+    """make_q3_quants (do_rmse) on every column of Xt: the first fit across the columns, then each column's
+    coordinate descent on its own, as ggml (it stops when a pass changes nothing). ``col`` is (3, n) scratch."""
+    n, S = Xt.shape
+    amax, mx, isc, sumlx, suml2 = wk[0], wk[1], wk[2], wk[3], wk[4]
+    for s in range(S):
+        amax[s] = F32(0.0)
+        mx[s] = F32(0.0)
+    for i in range(n):
+        for s in range(S):
+            ax = abs(Xt[i, s])
+            if ax > amax[s]:
+                amax[s] = ax
+                mx[s] = Xt[i, s]
+    for s in range(S):
+        isc[s] = F32(-nmax) / mx[s]
+        sumlx[s] = F32(0.0)
+        suml2[s] = F32(0.0)
+    for i in range(n):
+        for s in range(S):
+            x = Xt[i, s]
+            l = max(-nmax, min(nmax - 1, nearest_int(isc[s] * x)))
+            Lt[i, s] = l
+            w = x * x
+            fl = F32(l)
+            sumlx[s] += w * x * fl
+            suml2[s] += w * fl * fl
+    xc, wc, wxc = col[0], col[1], col[2]
+    for s in range(S):
+        if amax[s] < EPS:
+            continue
+        for i in range(n):
+            x = Xt[i, s]
+            xc[i] = x
+            wc[i] = x * x
+            wxc[i] = wc[i] * x       # ggml's w*x[i]*L[i] is (w*x)*L: the same product, once
+        a_lx = sumlx[s]
+        a_l2 = suml2[s]
+        for _ in range(5):
+            changed = False
+            for i in range(n):
+                li = F32(Lt[i, s])
+                slx = a_lx - wxc[i] * li
+                if slx > 0:
+                    sl2 = a_l2 - wc[i] * li * li
+                    new_l = max(-nmax, min(nmax - 1, nearest_int(xc[i] * sl2 / slx)))
+                    if new_l != Lt[i, s]:
+                        fl = F32(new_l)
+                        slx += wxc[i] * fl
+                        sl2 += wc[i] * fl * fl
+                        if sl2 > 0 and slx * slx * a_l2 > a_lx * a_lx * sl2:
+                            Lt[i, s] = new_l
+                            a_lx = slx
+                            a_l2 = sl2
+                            changed = True
+            if not changed:
+                break
+        sumlx[s] = a_lx
+        suml2[s] = a_l2
+    for s in range(S):
+        scale[s] = sumlx[s] / suml2[s] if suml2[s] > 0 else F32(0.0)
+        zero = amax[s] < EPS
+        if zero:
+            scale[s] = F32(0.0)
+        for i in range(n):
+            Lt[i, s] = 0 if zero else Lt[i, s] + nmax
+
+
+@njit(**JIT)
+def make_qkx_lanes(Xt, W, nmax, rmin, rdelta, nstep, use_mad, Lt, Laux, scale, the_min, wk):
+    """make_qkx2_quants / make_qkx3_quants (nstep >= 1) on every column of Xt: scale[s], the_min[s], Lt (uint8)."""
+    n, S = Xt.shape
+    mn, mx, sw, sx, isc, best, bisc, boff = wk[0], wk[1], wk[2], wk[3], wk[4], wk[5], wk[6], wk[7]
+    sl, sl2, sxl, err, ts, tm, dd, flat = wk[8], wk[9], wk[10], wk[11], wk[12], wk[13], wk[14], wk[15]
+    fn = F32(nmax)
+    for s in range(S):
+        x0 = Xt[0, s]
+        mn[s] = x0
+        mx[s] = x0
+        sw[s] = W[0, s]
+        sx[s] = W[0, s] * x0
+    for i in range(1, n):
+        for s in range(S):
+            xi = Xt[i, s]
+            if xi < mn[s]:
+                mn[s] = xi
+            if xi > mx[s]:
+                mx[s] = xi
+            sw[s] += W[i, s]
+            sx[s] += W[i, s] * xi
+    for s in range(S):
+        if mn[s] > 0:
+            mn[s] = F32(0.0)
+        flat[s] = F32(1.0) if mx[s] == mn[s] else F32(0.0)
+        isc[s] = fn / (mx[s] - mn[s])
+        scale[s] = F32(1.0) / isc[s]
+        bisc[s] = isc[s]
+        boff[s] = mn[s]
+        best[s] = F32(0.0)
+    for i in range(n):
+        for s in range(S):
+            fl = F32(max(0, min(nmax, nearest_int(isc[s] * (Xt[i, s] - mn[s])))))
+            diff = scale[s] * fl + mn[s] - Xt[i, s]
+            diff = abs(diff) if use_mad else diff * diff
+            best[s] += W[i, s] * diff
+    for k in range(nstep + 1):
+        for s in range(S):
+            isc[s] = (rmin + rdelta * F32(k) + fn) / (mx[s] - mn[s])
+            sl[s] = F32(0.0)
+            sl2[s] = F32(0.0)
+            sxl[s] = F32(0.0)
+        for i in range(n):
+            for s in range(S):
+                l = max(0, min(nmax, nearest_int(isc[s] * (Xt[i, s] - mn[s]))))
+                Laux[i, s] = l
+                fl = F32(l)
+                wl = W[i, s] * fl
+                sl[s] += wl
+                sl2[s] += wl * fl
+                sxl[s] += wl * Xt[i, s]
+        for s in range(S):
+            D = sw[s] * sl2[s] - sl[s] * sl[s]
+            a = (sw[s] * sxl[s] - sx[s] * sl[s]) / D
+            b = (sl2[s] * sx[s] - sl[s] * sxl[s]) / D
+            if b > 0:
+                b = F32(0.0)
+                a = sxl[s] / sl2[s]
+            ts[s] = a
+            tm[s] = b
+            dd[s] = D
+            err[s] = F32(0.0)
+        for i in range(n):
+            for s in range(S):
+                diff = ts[s] * F32(Laux[i, s]) + tm[s] - Xt[i, s]
+                diff = abs(diff) if use_mad else diff * diff
+                err[s] += W[i, s] * diff
+        for s in range(S):
+            if dd[s] > 0 and err[s] < best[s] and flat[s] == 0:
+                best[s] = err[s]
+                scale[s] = ts[s]
+                bisc[s] = isc[s]
+                boff[s] = mn[s]
+                mn[s] = tm[s]
+    for i in range(n):
+        for s in range(S):
+            Lt[i, s] = max(0, min(nmax, nearest_int(bisc[s] * (Xt[i, s] - boff[s]))))
+    for s in range(S):
+        the_min[s] = -mn[s]
+        if flat[s] != 0:
+            scale[s] = F32(0.0)
+            for i in range(n):
+                Lt[i, s] = 0

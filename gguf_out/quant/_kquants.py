@@ -9,7 +9,7 @@ column, as ggml_quantize_chunk's ``imatrix``), out uint8 ``[rows, row bytes]``.
 import numpy as np
 from numba import njit
 
-from ._fit import EPS, make_q3, make_qkx, make_qp, make_qx
+from ._fit import EPS, make_q3_lanes, make_qkx_lanes, make_qp, make_qx, make_qx_lanes
 from ._numeric import F32, JIT, I, as_int8, fp16_round, nearest_int, put_u16
 
 QK_K = 256
@@ -32,11 +32,36 @@ def _block_sum_x2(xb):
 
 
 @njit(**JIT)
+def _lanes(xb, n, Xt):
+    """Xt[i, s] = xb[n*s + i]: sub-block s in column s."""
+    for s in range(QK_K // n):
+        for i in range(n):
+            Xt[i, s] = xb[n * s + i]
+
+
+@njit(**JIT)
+def _imatrix_weights(Xt, qw, sigma2, W, sw):
+    """W[i, s] = qw[n*s + i] * sqrt(sigma2 + x*x) and sw[s] = its sum (in element order)."""
+    n, S = Xt.shape
+    for s in range(S):
+        sw[s] = F32(0.0)
+    for i in range(n):
+        for s in range(S):
+            x = Xt[i, s]
+            w = qw[n * s + i] * np.sqrt(sigma2 + x * x)
+            W[i, s] = w
+            sw[s] += w
+
+
+@njit(**JIT)
 def q2_k(x, qw, has_qw, out):
     rows, n = x.shape
     L = np.empty(QK_K, np.uint8)
-    Laux = np.empty(16, np.uint8)
-    weight = np.empty(16, np.float32)
+    Xt = np.empty((16, 16), np.float32)
+    W = np.empty((16, 16), np.float32)
+    Lt = np.empty((16, 16), np.uint8)
+    Laux = np.empty((16, 16), np.uint8)
+    wk = np.empty((16, 16), np.float32)
     scales = np.empty(16, np.float32)
     mins = np.empty(16, np.float32)
     sw = np.empty(16, np.float32)
@@ -46,19 +71,10 @@ def q2_k(x, qw, has_qw, out):
         for b in range(n // QK_K):
             xb = x[r, b * QK_K:(b + 1) * QK_K]
             o = out[r, b * 84:(b + 1) * 84]
+            _lanes(xb, 16, Xt)
             if has_qw:
-                sigma2 = _block_sum_x2(xb) / F32(QK_K)
-                for j in range(16):
-                    q = qw[b * QK_K + 16 * j:b * QK_K + 16 * j + 16]
-                    for l in range(16):
-                        v = xb[16 * j + l]
-                        weight[l] = q[l] * np.sqrt(sigma2 + v * v)
-                    s = F32(0.0)
-                    for l in range(16):
-                        s += weight[l]
-                    sw[j] = s
-                    scales[j], mins[j] = make_qkx(xb[16 * j:16 * j + 16], weight, L[16 * j:16 * j + 16], Laux, 3,
-                                                  F32(-0.9), F32(0.05), 36, False)
+                _imatrix_weights(Xt, qw[b * QK_K:(b + 1) * QK_K], _block_sum_x2(xb) / F32(QK_K), W, sw)
+                make_qkx_lanes(Xt, W, 3, F32(-0.9), F32(0.05), 36, False, Lt, Laux, scales, mins, wk)
                 dm = make_qp(scales, Ls, 15, sw)
                 mm = make_qp(mins, Lm, 15, sw)
                 hd, dval = fp16_round(dm)
@@ -66,13 +82,13 @@ def q2_k(x, qw, has_qw, out):
                 for j in range(16):
                     o[j] = (I(Ls[j]) | (I(Lm[j]) << 4)) & 0xFF
             else:
+                for i in range(16):
+                    for s in range(16):
+                        W[i, s] = abs(Xt[i, s])
+                make_qkx_lanes(Xt, W, 3, F32(-0.5), F32(0.1), 15, True, Lt, Laux, scales, mins, wk)
                 max_scale = F32(0.0)
                 max_min = F32(0.0)
                 for j in range(16):
-                    for l in range(16):
-                        weight[l] = abs(xb[16 * j + l])
-                    scales[j], mins[j] = make_qkx(xb[16 * j:16 * j + 16], weight, L[16 * j:16 * j + 16], Laux, 3,
-                                                  F32(-0.5), F32(0.1), 15, True)
                     if scales[j] > max_scale:
                         max_scale = scales[j]
                     if mins[j] > max_min:
@@ -96,6 +112,9 @@ def q2_k(x, qw, has_qw, out):
             put_u16(o, 80, hd)
             put_u16(o, 82, hm)
             for j in range(16):
+                for i in range(16):
+                    L[16 * j + i] = Lt[i, j]
+            for j in range(16):
                 d = dval * F32(I(o[j]) & 0xF)
                 if d == 0:
                     continue
@@ -109,8 +128,14 @@ def q2_k(x, qw, has_qw, out):
 def q3_k(x, qw, has_qw, out):
     rows, n = x.shape
     L = np.empty(QK_K, np.int8)
+    Xt = np.empty((16, 16), np.float32)
+    W = np.empty((16, 16), np.float32)
+    Lt = np.empty((16, 16), np.int8)
+    col = np.empty((3, 16), np.float32)
+    dsub = np.empty(16, np.float32)
+    Lf = np.empty(QK_K, np.float32)
+    wk = np.empty((8, 16), np.float32)
     scales = np.empty(16, np.float32)
-    weight = np.empty(16, np.float32)
     sw = np.empty(16, np.float32)
     Ls = np.empty(16, np.int8)
     for r in range(rows):
@@ -119,18 +144,10 @@ def q3_k(x, qw, has_qw, out):
             o = out[r, b * 110:(b + 1) * 110]
             for k in range(96, 108):
                 o[k] = 0
+            _lanes(xb, 16, Xt)
             if has_qw:
-                sigma2 = F32(2.0) * _block_sum_x2(xb) / F32(QK_K)
-                for j in range(16):
-                    q = qw[b * QK_K + 16 * j:b * QK_K + 16 * j + 16]
-                    for l in range(16):
-                        v = xb[16 * j + l]
-                        weight[l] = q[l] * np.sqrt(sigma2 + v * v)
-                    s = F32(0.0)
-                    for l in range(16):
-                        s += weight[l]
-                    sw[j] = s
-                    scales[j] = make_qx(xb[16 * j:16 * j + 16], L[16 * j:16 * j + 16], 4, weight, True)
+                _imatrix_weights(Xt, qw[b * QK_K:(b + 1) * QK_K], F32(2.0) * _block_sum_x2(xb) / F32(QK_K), W, sw)
+                make_qx_lanes(Xt, W, 4, Lt, scales, wk)
                 d_block = make_qx(scales, Ls, 32, sw, True)
                 for j in range(16):
                     l = I(Ls[j])
@@ -139,13 +156,13 @@ def q3_k(x, qw, has_qw, out):
                     else:
                         o[96 + j - 8] = (I(o[96 + j - 8]) | ((l & 0xF) << 4)) & 0xFF
                     l >>= 4
-                    o[96 + 8 + j % 4] = (I(o[96 + 8 + j % 4]) | (l << (2 * (j // 4)))) & 0xFF
+                    o[104 + (j & 3)] = (I(o[104 + (j & 3)]) | (l << (2 * (j >> 2)))) & 0xFF
                 hd, dval = fp16_round(d_block)
             else:
+                make_q3_lanes(Xt, 4, Lt, scales, wk, col)
                 max_scale = F32(0.0)
                 amax = F32(0.0)
                 for j in range(16):
-                    scales[j] = make_q3(xb[16 * j:16 * j + 16], L[16 * j:16 * j + 16], 4)
                     s = abs(scales[j])
                     if s > amax:
                         amax = s
@@ -159,25 +176,28 @@ def q3_k(x, qw, has_qw, out):
                         else:
                             o[96 + j - 8] = (I(o[96 + j - 8]) | ((l & 0xF) << 4)) & 0xFF
                         l >>= 4
-                        o[96 + 8 + j % 4] = (I(o[96 + 8 + j % 4]) | (l << (2 * (j // 4)))) & 0xFF
+                        o[104 + (j & 3)] = (I(o[104 + (j & 3)]) | (l << (2 * (j >> 2)))) & 0xFF
                     hd, dval = fp16_round(F32(1.0) / iscale)
                 else:
                     hd, dval = fp16_round(F32(0.0))
             put_u16(o, 108, hd)
             for j in range(16):
                 sc = (I(o[96 + j]) & 0xF) if j < 8 else (I(o[96 + j - 8]) >> 4)
-                sc = (sc | (((I(o[96 + 8 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32
-                d = dval * F32(sc)
-                if d == 0:
-                    continue
-                for i in range(16):
-                    L[16 * j + i] = max(-4, min(3, nearest_int(xb[16 * j + i] / d))) + 4
-            for k in range(32):
-                o[k] = 0
+                sc = (sc | (((I(o[104 + (j & 3)]) >> (2 * (j >> 2))) & 3) << 4)) - 32
+                dsub[j] = dval * F32(sc)
+            for e in range(QK_K):           # requantize, or keep the fit's level where the scale is 0
+                d = dsub[e >> 4]
+                q = F32(max(-4, min(3, nearest_int(xb[e] / d))) + 4)
+                Lf[e] = F32(Lt[e & 15, e >> 4]) if d == 0 else q
+            for e in range(QK_K):
+                L[e] = np.int64(Lf[e])
+            for k in range(32):              # hmask: bit j/32 of byte j%32 is level j's 4 (levels are 0..7)
+                h = 0
+                for m in range(8):
+                    h |= (I(L[32 * m + k]) >> 2) << m
+                o[k] = h
             for j in range(QK_K):
-                if L[j] > 3:
-                    o[j % 32] = I(o[j % 32]) | (1 << (j // 32))
-                    L[j] -= 4
+                L[j] = I(L[j]) & 3
             _pack_2bit(L, o, 32)
 
 
@@ -204,37 +224,29 @@ def _scale_min(o, at, j):
 
 
 @njit(**JIT)
-def _q45_k_block(xb, qw, has_qw, o, nmax, rmin, nstep, L, Laux, weight, scales, mins, sw, Ls, Lm):
+def _q45_k_block(xb, qw, has_qw, o, nmax, rmin, nstep, L, Xt, W, Lt, Laux, wk, scales, mins, sw, Ls, Lm):
     """The shared part of Q4_K and Q5_K: fits, 6-bit scales and mins, d, dmin, requantized L (0..nmax)."""
-    sigma2 = F32(2.0) * _block_sum_x2(xb) / F32(QK_K) if has_qw else F32(0.0)
-    for j in range(8):
-        x32 = xb[32 * j:32 * j + 32]
-        if has_qw:
-            q = qw[32 * j:32 * j + 32]
-            for l in range(32):
-                weight[l] = q[l] * np.sqrt(sigma2 + x32[l] * x32[l])
-            s = F32(0.0)
-            for l in range(32):
-                s += weight[l]
-            sw[j] = s
-            scales[j], mins[j] = make_qkx(x32, weight, L[32 * j:32 * j + 32], Laux, nmax, F32(-0.9), F32(0.05), 36,
-                                          False)
-        else:
-            s = F32(0.0)
-            for l in range(32):
-                s += x32[l] * x32[l]
-            av = np.sqrt(s / F32(32.0))
-            for l in range(32):
-                weight[l] = av + abs(x32[l])
-            scales[j], mins[j] = make_qkx(x32, weight, L[32 * j:32 * j + 32], Laux, nmax, rmin, F32(0.1), nstep,
-                                          False)
+    _lanes(xb, 32, Xt)
     if has_qw:
+        _imatrix_weights(Xt, qw, F32(2.0) * _block_sum_x2(xb) / F32(QK_K), W, sw)
+        make_qkx_lanes(Xt, W, nmax, F32(-0.9), F32(0.05), 36, False, Lt, Laux, scales, mins, wk)
         d_block = make_qp(scales, Ls, 63, sw)
         m_block = make_qp(mins, Lm, 63, sw)
         for j in range(8):      # MIN(63, ...): a no-op after make_qp's own clamp, kept as in ggml's Q5_K
             Ls[j] = min(63, I(Ls[j]))
             Lm[j] = min(63, I(Lm[j]))
     else:
+        for s in range(8):
+            sw[s] = F32(0.0)
+        for i in range(32):
+            for s in range(8):
+                sw[s] += Xt[i, s] * Xt[i, s]
+        for s in range(8):
+            sw[s] = np.sqrt(sw[s] / F32(32.0))
+        for i in range(32):
+            for s in range(8):
+                W[i, s] = sw[s] + abs(Xt[i, s])
+        make_qkx_lanes(Xt, W, nmax, rmin, F32(0.1), nstep, False, Lt, Laux, scales, mins, wk)
         max_scale = F32(0.0)
         max_min = F32(0.0)
         for j in range(8):
@@ -255,6 +267,9 @@ def _q45_k_block(xb, qw, has_qw, o, nmax, rmin, nstep, L, Laux, weight, scales, 
     put_u16(o, 0, hd)
     put_u16(o, 2, hm)
     for j in range(8):
+        for i in range(32):
+            L[32 * j + i] = Lt[i, j]
+    for j in range(8):
         sc, m = _scale_min(o, 4, j)
         d = dval * F32(sc)
         if d == 0:
@@ -268,8 +283,11 @@ def _q45_k_block(xb, qw, has_qw, o, nmax, rmin, nstep, L, Laux, weight, scales, 
 def q4_k(x, qw, has_qw, out):
     rows, n = x.shape
     L = np.empty(QK_K, np.uint8)
-    Laux = np.empty(32, np.uint8)
-    weight = np.empty(32, np.float32)
+    Xt = np.empty((32, 8), np.float32)
+    W = np.empty((32, 8), np.float32)
+    Lt = np.empty((32, 8), np.uint8)
+    Laux = np.empty((32, 8), np.uint8)
+    wk = np.empty((16, 8), np.float32)
     scales = np.empty(8, np.float32)
     mins = np.empty(8, np.float32)
     sw = np.empty(8, np.float32)
@@ -279,8 +297,8 @@ def q4_k(x, qw, has_qw, out):
         for b in range(n // QK_K):
             xb = x[r, b * QK_K:(b + 1) * QK_K]
             o = out[r, b * 144:(b + 1) * 144]
-            _q45_k_block(xb, qw[b * QK_K:(b + 1) * QK_K], has_qw, o, 15, F32(-1.0), 20, L, Laux, weight, scales,
-                         mins, sw, Ls, Lm)
+            _q45_k_block(xb, qw[b * QK_K:(b + 1) * QK_K], has_qw, o, 15, F32(-1.0), 20, L, Xt, W, Lt, Laux, wk,
+                         scales, mins, sw, Ls, Lm)
             for k in range(4):
                 for l in range(32):
                     o[16 + 32 * k + l] = I(L[64 * k + l]) | (I(L[64 * k + 32 + l]) << 4)
@@ -290,8 +308,11 @@ def q4_k(x, qw, has_qw, out):
 def q5_k(x, qw, has_qw, out):
     rows, n = x.shape
     L = np.empty(QK_K, np.uint8)
-    Laux = np.empty(32, np.uint8)
-    weight = np.empty(32, np.float32)
+    Xt = np.empty((32, 8), np.float32)
+    W = np.empty((32, 8), np.float32)
+    Lt = np.empty((32, 8), np.uint8)
+    Laux = np.empty((32, 8), np.uint8)
+    wk = np.empty((16, 8), np.float32)
     scales = np.empty(8, np.float32)
     mins = np.empty(8, np.float32)
     sw = np.empty(8, np.float32)
@@ -301,38 +322,43 @@ def q5_k(x, qw, has_qw, out):
         for b in range(n // QK_K):
             xb = x[r, b * QK_K:(b + 1) * QK_K]
             o = out[r, b * 176:(b + 1) * 176]
-            _q45_k_block(xb, qw[b * QK_K:(b + 1) * QK_K], has_qw, o, 31, F32(-0.5), 15, L, Laux, weight, scales,
-                         mins, sw, Ls, Lm)
-            for l in range(32):
-                o[16 + l] = 0
+            _q45_k_block(xb, qw[b * QK_K:(b + 1) * QK_K], has_qw, o, 31, F32(-0.5), 15, L, Xt, W, Lt, Laux, wk,
+                         scales, mins, sw, Ls, Lm)
+            for l in range(32):                  # qh: bit 2k (2k+1) of byte l is the 16 of level 64k+l (64k+32+l)
+                h = 0
+                for k in range(4):
+                    h |= ((I(L[64 * k + l]) >> 4) << (2 * k)) | ((I(L[64 * k + 32 + l]) >> 4) << (2 * k + 1))
+                o[16 + l] = h
             for k in range(4):
                 for l in range(32):
-                    a = I(L[64 * k + l])
-                    c = I(L[64 * k + 32 + l])
-                    if a > 15:
-                        a -= 16
-                        o[16 + l] = I(o[16 + l]) | (1 << (2 * k))
-                    if c > 15:
-                        c -= 16
-                        o[16 + l] = I(o[16 + l]) | (2 << (2 * k))
-                    o[48 + 32 * k + l] = a | (c << 4)
+                    o[48 + 32 * k + l] = (I(L[64 * k + l]) & 15) | ((I(L[64 * k + 32 + l]) & 15) << 4)
 
 
 @njit(**JIT)
 def q6_k(x, qw, has_qw, out):
     rows, n = x.shape
     L = np.empty(QK_K, np.int8)
+    Xt = np.empty((16, 16), np.float32)
+    W = np.empty((16, 16), np.float32)
+    Lt = np.empty((16, 16), np.int8)
+    wk = np.empty((8, 16), np.float32)
     scales = np.empty(16, np.float32)
     for r in range(rows):
         for b in range(n // QK_K):
             xb = x[r, b * QK_K:(b + 1) * QK_K]
             o = out[r, b * 210:(b + 1) * 210]
+            _lanes(xb, 16, Xt)
+            for i in range(16):
+                for s in range(16):
+                    W[i, s] = qw[b * QK_K + 16 * s + i] if has_qw else Xt[i, s] * Xt[i, s]
+            make_qx_lanes(Xt, W, 32, Lt, scales, wk)
+            for j in range(16):
+                for i in range(16):
+                    L[16 * j + i] = Lt[i, j]
             max_scale = F32(0.0)
             max_abs = F32(0.0)
             for j in range(16):
-                s = make_qx(xb[16 * j:16 * j + 16], L[16 * j:16 * j + 16], 32,
-                            qw[b * QK_K + 16 * j:b * QK_K + 16 * j + 16], has_qw)
-                scales[j] = s
+                s = scales[j]
                 if abs(s) > max_abs:
                     max_abs = abs(s)
                     max_scale = s

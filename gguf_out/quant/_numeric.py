@@ -12,7 +12,26 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 F32 = np.float32
-JIT = dict(nogil=True, cache=True, error_model="numpy")   # error_model numpy: x/0 gives inf/nan as in C
+
+
+def _cache_probe():
+    """Stands in for the kernels (same directory) when asking numba where it would cache them."""
+
+
+def _cache_usable():
+    """Whether numba has somewhere to cache compiled code for this package: ``__pycache__`` beside the modules if
+    writable, else numba's per-user cache directory (``NUMBA_CACHE_DIR`` overrides both). A read-only install
+    with no writable home compiles on every run instead of failing."""
+    try:
+        from numba.core.caching import FunctionCache
+        FunctionCache(_cache_probe)
+        return True
+    except Exception:        # noqa: BLE001 - numba: "cannot cache function ...: no locator available"
+        return False
+
+
+# error_model numpy: x/0 gives inf/nan as in C, no exception
+JIT = {"nogil": True, "cache": _cache_usable(), "error_model": "numpy"}
 
 
 @intrinsic

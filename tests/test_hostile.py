@@ -71,9 +71,7 @@ def run_forked(argv, folder):
     if pid == 0:                                            # child: never returns
         code = 70
         try:
-            # the encoder's thread pool (if an earlier test made one) has no threads in a forked child: a new one
-            from gguf_out import encode
-            encode._pool.cache_clear()
+            # (the quantizers' thread pools are renewed in a forked child by gguf_out.quant itself)
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
             resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 1))
             out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -157,3 +157,7 @@ def to_f32_into(src, dtype_name, dst) -> bool:
 def pool(threads: int) -> ThreadPoolExecutor:
     """A shared pool of ``threads`` worker threads (kept for the process: conversions call it per band)."""
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ms2gguf-quant")
+
+
+# a forked child (bulk's local workers, tests) inherits the pools without their threads: it must make new ones
+os.register_at_fork(after_in_child=pool.cache_clear)

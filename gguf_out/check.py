@@ -680,6 +680,9 @@ def _check_model(report, family_maps=None):
     if family_maps is None:
         family_maps = _maps_for(arch) if arch else []
     family_maps = [m for m in family_maps if m.arch == arch]
+    if _scalar(report.kv, Keys.General.TYPE) == "adapter":
+        _check_adapter(report, arch)
+        return
     _check_types(report, arch, family_maps)
     if arch:
         _check_hparams(report, arch)
@@ -702,6 +705,49 @@ def _check_model(report, family_maps=None):
         for fmap in family_maps:
             hp.update(_symbols(report, arch, fmap, n_tokens))
         _check_tensors(report, arch, family_maps, layers, hp)
+
+
+def _check_adapter(report, arch):
+    """A LoRA adapter (general.type = adapter) as llama.cpp's llama-adapter.cpp loads it: adapter.type lora, an f32
+    adapter.lora.alpha, only ``<tensor of the architecture>.lora_a`` / ``.lora_b`` pairs with one rank each:
+    lora_a ne [in, r], lora_b ne [r, out]."""
+    kind = report.kv.get("adapter.type")
+    if kind is None or kind.vtype != V.STRING or kind.value != "lora":
+        report.error("adapter", f"adapter.type is {None if kind is None else kind.value!r}; llama.cpp loads 'lora'")
+    alpha = report.kv.get("adapter.lora.alpha")
+    if alpha is None:
+        report.warning("adapter", "no adapter.lora.alpha: llama.cpp then scales the adapter by 1, not alpha / rank")
+    elif alpha.vtype != V.FLOAT32:
+        report.error("key-type", f"adapter.lora.alpha has type {_type_text(_actual(alpha))}; llama.cpp requires "
+                                 "f32")
+    if not arch:
+        report.error("missing-key", "required metadata key general.architecture is missing")
+    enum = _arch_enum(arch) if arch else None
+    allowed = {gguf.TENSOR_NAMES[t].replace("{bid}", "{i}") for t in gguf.MODEL_TENSORS.get(enum, [])} \
+        if enum is not None else None
+    halves = {}
+    for t in report.tensors:
+        base, _, suffix = t.name.rpartition(".")
+        if suffix not in ("lora_a", "lora_b"):
+            report.error("stray-tensor", f"tensor '{t.name}' is not a LoRA tensor (.lora_a / .lora_b)")
+            continue
+        if allowed is not None and _pattern(base).rpartition(".")[0] not in allowed:
+            report.error("stray-tensor", f"tensor '{t.name}': '{base}' is not a tensor of architecture '{arch}'")
+        if len(t.ne) != 2:
+            report.error("tensor-shape", f"tensor '{t.name}' has {len(t.ne)} dimensions; LoRA tensors are 2-D")
+            continue
+        halves.setdefault(base, {})[suffix] = t
+    for base, both in halves.items():
+        if len(both) != 2:
+            report.error("missing-tensor", f"LoRA tensor '{base}.{next(iter(both))}' has no "
+                                           f"{'lora_b' if 'lora_a' in both else 'lora_a'} partner")
+        elif both["lora_a"].ne[1] != both["lora_b"].ne[0]:
+            report.error("tensor-shape", f"LoRA '{base}': lora_a ne {list(both['lora_a'].ne)} and lora_b ne "
+                                         f"{list(both['lora_b'].ne)} disagree on the rank")
+    ranks = sorted({b["lora_b"].ne[0] for b in halves.values() if len(b) == 2 and len(b["lora_b"].ne) == 2})
+    report.notes.append(f"LoRA adapter, {len(halves)} pairs" + (f", rank {'/'.join(map(str, ranks))}" if ranks
+                                                                  else "")
+                        + (f", alpha {alpha.value:g}" if alpha is not None and alpha.vtype == V.FLOAT32 else ""))
 
 
 def _read(path, report, values=False):

@@ -186,6 +186,9 @@ class FamilyMap:
             self.derived = data.get("derived", {})
             # layers beyond num_layers are this (e.g. multi-token prediction) and are skipped, or None: an error
             self.extra_layers = data.get("extra_layers")
+            # {hyperparameter: regex}: true when a checkpoint name matches (a save kind told by its names, for
+            # rules' "if" / "unless" and rope_scaling's "missing_if")
+            self.tensor_flags = {k: re.compile(v) for k, v in data.get("tensor_flags", {}).items()}
             self.required_why = data.get("required_why", {})   # {required tensor pattern: why it may be missing}
             # [[dimension, dimension, why]]: hyperparameters the architecture needs equal (llama.cpp's shapes)
             self.constraints = data.get("constraints", [])
@@ -193,7 +196,7 @@ class FamilyMap:
             # {"sentencepiece": {"tokenizer_pre": ..., "tokenizer_specials": ..., "chat_template": ...}}
             self.tokenizer_variants = data.get("tokenizer_variants", {})
             skip = data.get("skip", {})
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, re.error) as err:
             raise ConvertError(f"{where}: malformed map (missing or wrong entry {err})") from None
         self._check_fused_layout(where)
         self._check_tokenizers(where)

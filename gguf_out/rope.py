@@ -26,7 +26,13 @@ def rope_scaling(config, config_path, yarn_defaults=None):
                 raise ConvertError(f"{config_path}: extend_method LLAMA3 needs scaling_factor as a dict "
                                    "(factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)")
             return _llama3(factor, config, config_path, "scaling_factor")
-        raise ConvertError(f"{config_path}: extend_method {method} is not supported yet (supported: None, LLAMA3)")
+        if method == "YARN":        # MindFormers' FreqsMgr needs all six YaRN keys in the dict (no defaults)
+            if not isinstance(factor, dict):
+                raise ConvertError(f"{config_path}: extend_method YARN needs scaling_factor as a dict (factor, "
+                                   "original_max_position_embeddings, beta_fast, beta_slow, mscale, mscale_all_dim)")
+            return _yarn(factor, config, config_path, "scaling_factor")
+        raise ConvertError(f"{config_path}: extend_method {method} is not supported yet (supported: None, LLAMA3, "
+                           "YARN)")
     for key in ("rope_scaling", "rope_parameters"):
         spec = config.get(key)
         if isinstance(spec, dict):
@@ -93,10 +99,11 @@ def _yarn(spec, config, config_path, key):
 
 def apply(fmap, hp, scaling, config_path, allow_inexact):
     """Put the scaling the map carries as metadata into ``hp`` (rope_scaling_* and yarn_log_multiplier); returns
-    warnings. Scaling that neither a generated tensor nor the map's metadata can carry is an error."""
+    warnings. Scaling that neither a generated tensor nor the map's metadata can carry is an error, and so is none
+    at all when the map says why (``missing``; with ``missing_if``, only when that flag of the names is set)."""
     spec = fmap.rope_scaling
     if scaling is None:
-        if spec.get("missing"):
+        if spec.get("missing") and hp.get(spec.get("missing_if"), True):
             raise ConvertError(f"{config_path}: no rope_scaling: {spec['missing']}")
         return []
     kind = scaling["type"]

@@ -24,10 +24,22 @@ def _range(block):
     return float(block.min()), float(block.max())
 
 
+# 16-bit floats are checked on their bits (numpy's float16 arithmetic is emulated, ~50x slower than integer ops):
+# the magnitude bits (sign cleared) order like the magnitudes, and all-ones exponents start at these values
+_NONFINITE_BITS = {"BFloat16": 0x7F80, "Float16": 0x7C00}
+
+
+def _count_at_least(magnitude, bits):
+    """How many magnitude bit patterns are >= bits: one max reduction decides the usual case (none)."""
+    if not magnitude.size or int(magnitude.max()) < bits:
+        return 0
+    return int(np.count_nonzero(magnitude >= bits))
+
+
 def nonfinite(block, dtype_name):
     """How many values of a block (in the checkpoint dtype's numpy form) are NaN or infinite."""
-    if dtype_name == "BFloat16":                    # raw uint16: exponent bits all ones
-        return int(np.count_nonzero((block & 0x7F80) == 0x7F80))
+    if dtype_name in _NONFINITE_BITS:               # bfloat16 arrives as raw uint16, float16 as np.float16
+        return _count_at_least(block.view(np.uint16) & 0x7FFF, _NONFINITE_BITS[dtype_name])
     if dtype_name in _FLOATS:
         low, high = _range(block)
         if np.isfinite(low) and np.isfinite(high):
@@ -38,7 +50,7 @@ def nonfinite(block, dtype_name):
 
 def beyond_f16(block, dtype_name):
     """How many finite values of a block F16 cannot hold (rounded to F16 they would become ±inf)."""
-    if dtype_name == "BFloat16":                    # raw uint16: the magnitude bits order like the magnitudes
+    if dtype_name == "BFloat16":                    # raw uint16
         magnitude = block & 0x7FFF
         if not magnitude.size or int(magnitude.max()) < _BF16_INF:
             return 0
@@ -70,7 +82,7 @@ class ValueCheck:
 
     def raw(self, out, data, dtype_name):
         """Bytes copied as they are (the output type is the checkpoint's)."""
-        if dtype_name == "BFloat16":
+        if dtype_name in _NONFINITE_BITS:
             self._nonfinite(out, nonfinite(np.frombuffer(data, np.uint16), dtype_name))
         elif dtype_name in _FLOATS:
             self._nonfinite(out, nonfinite(np.frombuffer(data, _FLOATS[dtype_name]), dtype_name))

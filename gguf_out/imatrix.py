@@ -15,6 +15,7 @@ must hold ``n_per_row x n_expert`` values.
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -76,12 +77,18 @@ def _clip(text):
 
 
 def load(path) -> Imatrix:
+    from msckpt import safeio
+
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ConvertError(f"{path}: cannot read the importance matrix: {e.strerror or e}") from None
+    if not os.path.lexists(path):
+        raise ConvertError(f"{path}: cannot read the importance matrix: No such file or directory")
+    # a regular file (a FIFO would block), of a size an importance matrix can have
+    data = safeio.read_bytes(path, ConvertError, "importance matrix", limit=16 << 30)
     if data[:4] == b"GGUF":
+        from . import check
+        report = check.Report(str(path))        # the container first, with bounds gguf-py's reader does not check
+        if not check._read(path, report) or report.errors:
+            raise ConvertError(f"{path}: not a readable GGUF imatrix ({report.errors[0].text})")
         imatrix = _load_gguf(path)
     else:
         imatrix = _load_legacy(path, data)

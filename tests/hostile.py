@@ -1001,6 +1001,46 @@ variants("bulk-jobs", [
 ])
 
 
+# --- importance matrices (--imatrix) ------------------------------------------------------------------------------
+
+IMATRIX = FIX / "imatrix"
+
+
+def _imatrix(mutate, name="dense.imatrix.dat"):
+    def build(d):
+        p = llama(d)
+        path = d / name
+        shutil.copy(IMATRIX / name, path)
+        mutate(path)
+        return Case(convert_argv(p, "llama2", "--outtype", "q4_k_m", "--imatrix", str(path)), path, out=p["out"])
+    return build
+
+
+def _legacy_imatrix(entries, nval=4, name_length=None):
+    raw = struct.pack("<i", entries) + struct.pack("<i", 1 if name_length is None else name_length) + b"a"
+    return raw + struct.pack("<ii", 1, nval) + np.ones(4, np.float32).tobytes()
+
+
+variants("imatrix", [
+    ("fifo", _imatrix(fifo)),
+    ("directory", _imatrix(make_dir)),
+    ("truncated-dat", _imatrix(lambda p: p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2]))),
+    ("dat-entries-huge", _imatrix(lambda p: p.write_bytes(_legacy_imatrix(1 << 30)))),
+    ("dat-name-length-huge", _imatrix(lambda p: p.write_bytes(_legacy_imatrix(1, name_length=1 << 30)))),
+    ("dat-name-length-negative", _imatrix(lambda p: p.write_bytes(_legacy_imatrix(1, name_length=-5)))),
+    ("dat-values-huge", _imatrix(lambda p: p.write_bytes(_legacy_imatrix(1, nval=1 << 30)))),
+    ("dat-nan", _imatrix(lambda p: p.write_bytes(_legacy_imatrix(1)[:-4] + np.array([np.nan], np.float32).tobytes()))),
+    ("random", _imatrix(lambda p: p.write_bytes(np.random.default_rng(4).bytes(5000)))),
+    ("gguf-truncated", _imatrix(lambda p: p.write_bytes(p.read_bytes()[:300]), "dense.imatrix.gguf")),
+    ("gguf-kv-count-huge", _imatrix(lambda p: p.write_bytes(p.read_bytes()[:16] + struct.pack("<Q", 1 << 60)
+                                                            + p.read_bytes()[24:]), "dense.imatrix.gguf")),
+    ("gguf-tensor-count-huge", _imatrix(lambda p: p.write_bytes(p.read_bytes()[:8] + struct.pack("<Q", 1 << 60)
+                                                                + p.read_bytes()[16:]), "dense.imatrix.gguf")),
+    ("gguf-flipped", _imatrix(lambda p: p.write_bytes(p.read_bytes()[:100] + bytes([p.read_bytes()[100] ^ 0xFF])
+                                                      + p.read_bytes()[101:]), "dense.imatrix.gguf")),
+])
+
+
 # --- decryption key sources -------------------------------------------------------------------------------------
 
 def _key_file(content):

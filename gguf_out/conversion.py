@@ -230,6 +230,11 @@ def run(args):
         if planning_only:
             return result
         _choose_parts(targets, args)
+        if args.split_max_size or args.split_max_tensors:
+            for target in targets:
+                if len(target.shards) == 1:
+                    log(args, f"note: the split plan of {target.path} has one file: it is written as one GGUF, "
+                              "without split keys")
         for warning in vocab.warnings + plan.notes + [n for t in targets[1:] for n in t.notes]:
             print(f"ms2gguf: warning: {warning}", file=sys.stderr)
         for fact in plan.facts:
@@ -256,7 +261,7 @@ def run(args):
             continue                # the Modelfile comes with the first split
         files = [s.path for s in target.shards]
         status = modelfile.after_conversion(args, target.path, files, plan, vocab, chat,
-                                            lambda text: log(args, text))
+                                            lambda text: log(args, text), sum(target.nbytes))
         if modelfile.wanted(args):
             result.modelfiles.append(modelfile.modelfile_path(target.path))
         result.status = status or result.status

@@ -103,19 +103,19 @@ def write(path, text):
         raise
 
 
-def after_conversion(args, out_path, files, plan, vocab, chat, log):
-    """Write the Modelfile for OUT's ``files`` (OUT, or a split set's files) and run ``ollama create`` as the
-    options ask; returns the exit status."""
+def after_conversion(args, out_path, files, plan, vocab, chat, log, size=0):
+    """Write the Modelfile for OUT's ``files`` (OUT, or a split set's files, ``size`` bytes of tensor data in all)
+    and run ``ollama create`` as the options ask; returns the exit status."""
     if not wanted(args):
         return 0
     path = modelfile_path(out_path)
     files = [Path(f) for f in files]
     if len(files) > 1:
-        total = sum(f.stat().st_size for f in files if f.exists())
+        total = size
         print(f"ms2gguf: warning: {path.name} imports a split set of {len(files)} files: older Ollama versions "
               "(before its llama-server engine, 2026-05) cannot import split sets, and 'ollama create' merges the "
-              f"set into one file, which needs about {total / 1e9:.1f} GB ({total:,} bytes) of free disk where "
-              "Ollama keeps its models", file=sys.stderr)
+              f"set into one file, which needs about {total / 1e9:.1f} GB ({total:,} bytes of tensor data) of free "
+              "disk where Ollama keeps its models", file=sys.stderr)
     if chat.format is None:
         why = ("the chat template is not one of the built-in formats" if chat.jinja else "there is no chat template")
         print(f"ms2gguf: warning: {path.name} has no TEMPLATE: {why} (use --chat-template NAME; the GGUF's "

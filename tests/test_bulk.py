@@ -208,3 +208,12 @@ def test_bad_scheduler_address(tmp_path, capsys, monkeypatch):
     jobs.write_text(f"- {{ckpt: {MHA}, out: m.gguf}}\n")
     assert main(["bulk", str(jobs), "--scheduler", "tcp://127.0.0.1:1"]) == 1
     assert "ms2gguf: error: --scheduler tcp://127.0.0.1:1: cannot connect" in capsys.readouterr().err
+
+
+def test_worker_options(tmp_path, capsys):
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(f"- {{ckpt: {MHA}, out: m.gguf}}\n")
+    assert main(["bulk", str(jobs), "--workers", "0"]) == 1
+    assert "ms2gguf: error: --workers 0: must be at least 1" in capsys.readouterr().err
+    assert main(["bulk", str(jobs), "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]) == 1
+    assert "--workers is for local workers; a Dask cluster has its own" in capsys.readouterr().err

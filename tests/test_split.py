@@ -142,7 +142,11 @@ def test_split_keys_types_and_metadata_placement(tmp_path):
 def test_one_split_plan_writes_out_unchanged(tmp_path, capsys):
     whole = _unsplit(tmp_path)
     out = tmp_path / "m.gguf"
-    assert convert(GQA, out, "--split-max-size", "50G", "--split-max-tensors", "1000") == 0
+    from gguf_out.cli import main
+    assert main([str(GQA), "llama2", str(out), "--tokenizer", str(TOKENIZER), "--split-max-size", "50G",
+                 "--split-max-tensors", "1000"]) == 0
+    assert f"note: the split plan of {out} has one file: it is written as one GGUF, without split keys" in \
+        capsys.readouterr().err
     assert out.read_bytes() == whole.read_bytes()
     assert "split.count" not in gguf.GGUFReader(out).fields
 
@@ -390,8 +394,8 @@ def test_modelfile_of_a_set_names_every_file(tmp_path, capsys):
     assert _froms(out.parent / "m.Modelfile") == [f"./{p.name}" for p in _names(out, 3)]
     err = capsys.readouterr().err
     assert "older Ollama versions (before its llama-server engine, 2026-05) cannot import split sets" in err
-    size = sum(p.stat().st_size for p in _names(out, 3))
-    assert f"needs about 0.0 GB ({size:,} bytes) of free disk" in err
+    size = sum(t.n_bytes for p in _names(out, 3) for t in gguf.GGUFReader(p).tensors)
+    assert f"needs about 0.0 GB ({size:,} bytes of tensor data) of free disk" in err
 
 
 def test_ollama_create_is_given_the_whole_set(tmp_path, stub_ollama):

@@ -75,18 +75,14 @@ class Job:
 
 def load_jobs(path):
     """The jobs of a JOBS file; a problem with one job fails that job, a problem with the file is an error."""
-    import yaml
+    from msckpt import safeio
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConvertError(f"{path}: cannot read ({err.strerror or err})") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConvertError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}") from None
+    text = safeio.read_text(path, ConvertError, "jobs file")      # a regular file of bounded size, strict JSON,
+    if path.suffix == ".json":                                    # bounded nesting and YAML aliases
+        data = safeio.parse_json(text, path, ConvertError)
+    else:
+        data = safeio.parse_yaml(text, path, ConvertError)
     if isinstance(data, dict) and list(data) == ["jobs"]:
         data = data["jobs"]
     if not isinstance(data, list) or not data:

@@ -9,6 +9,7 @@ must be one gguf-py lists for that arch.
 """
 
 import argparse
+import math
 import mmap
 import os
 import struct
@@ -21,6 +22,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType as V, Keys, LlamaFileType
 
 from . import split
+from .output import escape
 
 MAGIC = b"GGUF"
 MAX_STRING = 16 << 20       # Ollama's MaxStringLength
@@ -126,6 +128,7 @@ class Report:
     tensors: list = field(default_factory=list)
     size: int = 0
     notes: list = field(default_factory=list)       # what could not be checked, for the "ok" line
+    data_start: int = 0
 
     @property
     def errors(self):
@@ -279,6 +282,7 @@ def _parse(buf, report):
         names.add(name)
 
     data_start = -(-r.pos // alignment) * alignment
+    report.data_start = data_start
     _check_offsets(report, data_start, alignment)
 
 
@@ -624,21 +628,45 @@ def _check_layer_kinds(report, by_name, family_maps, common, layers):
                                        f"{', '.join(lacking[:3])}{' ...' if len(lacking) > 3 else ''} missing")
 
 
-def check_buffer(buf, report, family_maps=None):
-    """All checks on a GGUF's bytes."""
-    if _container(buf, report):
+POSITIVE_COUNTS = ("context_length", "embedding_length", "block_count", "attention.head_count")
+
+
+def _check_hparams(report, arch):
+    """Values llama.cpp would load and then compute nonsense (or divide by zero) with."""
+    for key, v in report.kv.items():
+        if not key.startswith(arch + ".") or v.vtype == V.STRING:
+            continue
+        suffix = key[len(arch) + 1:]
+        values = v.value if isinstance(v.value, list) else [v.value]
+        if v.vtype in (V.FLOAT32, V.FLOAT64) or v.item_type in (V.FLOAT32, V.FLOAT64):
+            if any(not math.isfinite(x) for x in values):
+                shown = values[0] if len(values) == 1 else "an array with NaN or infinite values"
+                report.error("hparams", f"{key} is not finite ({shown})")
+            elif ("epsilon" in suffix or suffix == "rope.freq_base") and any(x <= 0 for x in values):
+                report.error("hparams", f"{key} is {values[0] if len(values) == 1 else min(values)}; it must be "
+                                        "above 0")
+        elif suffix in POSITIVE_COUNTS and v.vtype != V.ARRAY and v.value == 0:
+            report.error("hparams", f"{key} is 0")
+
+
+def check_buffer(buf, report, family_maps=None, values=False):
+    """All checks on a GGUF's bytes; ``values``: also scan the tensor data for non-finite values."""
+    if _container(buf, report, values):
         _check_model(report, family_maps)
     return report
 
 
-def _container(buf, report):
-    """Parse ``buf`` into ``report``; False when the rest cannot be read."""
+def _container(buf, report, values=False):
+    """Parse ``buf`` into ``report`` (``values``: and scan its tensor data); False when the rest cannot be read."""
     report.size = len(buf)
     try:
         _parse(buf, report)
     except _Fatal as fatal:
         report.error(fatal.kind, fatal.text)
         return False
+    if values:
+        from .check_values import scan
+        scan(buf, report, report.data_start)
     return True
 
 
@@ -652,7 +680,12 @@ def _check_model(report, family_maps=None):
     if family_maps is None:
         family_maps = _maps_for(arch) if arch else []
     family_maps = [m for m in family_maps if m.arch == arch]
+    if _scalar(report.kv, Keys.General.TYPE) == "adapter":
+        _check_adapter(report, arch)
+        return
     _check_types(report, arch, family_maps)
+    if arch:
+        _check_hparams(report, arch)
     _check_required(report, arch, family_maps)
     embd = next((t for t in report.tensors if t.name == "token_embd.weight"), None)
     rows = embd.shape[0] if embd is not None and len(embd.ne) == 2 else None
@@ -663,23 +696,79 @@ def _check_model(report, family_maps=None):
     if arch:
         layers = _scalar(report.kv, f"{arch}.block_count")
         layers = layers if isinstance(layers, int) and not isinstance(layers, bool) else None
+        if layers is not None and layers > len(report.tensors):
+            # every layer has tensors; and the per-layer checks below must not loop over a number the file made up
+            report.error("hparams", f"{arch}.block_count is {layers}, but the file has only {len(report.tensors)} "
+                                    "tensors")
+            layers = None
         hp = {}
         for fmap in family_maps:
             hp.update(_symbols(report, arch, fmap, n_tokens))
         _check_tensors(report, arch, family_maps, layers, hp)
 
 
-def _read(path, report):
-    """Parse the file at ``path`` into ``report`` (container only); False when it cannot be read on."""
+def _check_adapter(report, arch):
+    """A LoRA adapter (general.type = adapter) as llama.cpp's llama-adapter.cpp loads it: adapter.type lora, an f32
+    adapter.lora.alpha, only ``<tensor of the architecture>.lora_a`` / ``.lora_b`` pairs with one rank each:
+    lora_a ne [in, r], lora_b ne [r, out]."""
+    kind = report.kv.get("adapter.type")
+    if kind is None or kind.vtype != V.STRING or kind.value != "lora":
+        report.error("adapter", f"adapter.type is {None if kind is None else kind.value!r}; llama.cpp loads 'lora'")
+    alpha = report.kv.get("adapter.lora.alpha")
+    if alpha is None:
+        report.warning("adapter", "no adapter.lora.alpha: llama.cpp then scales the adapter by 1, not alpha / rank")
+    elif alpha.vtype != V.FLOAT32:
+        report.error("key-type", f"adapter.lora.alpha has type {_type_text(_actual(alpha))}; llama.cpp requires "
+                                 "f32")
+    if not arch:
+        report.error("missing-key", "required metadata key general.architecture is missing")
+    enum = _arch_enum(arch) if arch else None
+    allowed = {gguf.TENSOR_NAMES[t].replace("{bid}", "{i}") for t in gguf.MODEL_TENSORS.get(enum, [])} \
+        if enum is not None else None
+    halves = {}
+    for t in report.tensors:
+        base, _, suffix = t.name.rpartition(".")
+        if suffix not in ("lora_a", "lora_b"):
+            report.error("stray-tensor", f"tensor '{t.name}' is not a LoRA tensor (.lora_a / .lora_b)")
+            continue
+        if allowed is not None and _pattern(base).rpartition(".")[0] not in allowed:
+            report.error("stray-tensor", f"tensor '{t.name}': '{base}' is not a tensor of architecture '{arch}'")
+        if len(t.ne) != 2:
+            report.error("tensor-shape", f"tensor '{t.name}' has {len(t.ne)} dimensions; LoRA tensors are 2-D")
+            continue
+        halves.setdefault(base, {})[suffix] = t
+    for base, both in halves.items():
+        if len(both) != 2:
+            report.error("missing-tensor", f"LoRA tensor '{base}.{next(iter(both))}' has no "
+                                           f"{'lora_b' if 'lora_a' in both else 'lora_a'} partner")
+        elif both["lora_a"].ne[1] != both["lora_b"].ne[0]:
+            report.error("tensor-shape", f"LoRA '{base}': lora_a ne {list(both['lora_a'].ne)} and lora_b ne "
+                                         f"{list(both['lora_b'].ne)} disagree on the rank")
+    ranks = sorted({b["lora_b"].ne[0] for b in halves.values() if len(b) == 2 and len(b["lora_b"].ne) == 2})
+    report.notes.append(f"LoRA adapter, {len(halves)} pairs" + (f", rank {'/'.join(map(str, ranks))}" if ranks
+                                                                  else "")
+                        + (f", alpha {alpha.value:g}" if alpha is not None and alpha.vtype == V.FLOAT32 else ""))
+
+
+def _read(path, report, values=False):
+    """Parse the file at ``path`` into ``report`` (container only; ``values``: and scan the tensor data); False
+    when it cannot be read on. A FIFO, device or directory is refused without blocking."""
+    from msckpt import CheckpointError, safeio
+
     try:
-        with open(path, "rb") as f:
+        if not os.path.lexists(path):
+            raise FileNotFoundError(2, "No such file or directory")
+        with safeio.open_regular(path, what="GGUF file") as f:
             size = f.seek(0, 2)
             if size == 0:
                 report.error("not-gguf", "not a GGUF file (empty)")
                 return False
             # slicing an mmap copies, so no buffer stays exported when it closes
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                return _container(mm, report)
+                return _container(mm, report, values)
+    except CheckpointError as err:
+        report.error("io", err.what)
+        return False
     except OSError as err:
         report.error("io", f"cannot read ({err.strerror or err})")
         return False
@@ -709,11 +798,12 @@ def _split_keys(report):
     return no, count, total
 
 
-def check_file(path, family_maps=None):
+def check_file(path, family_maps=None, values=False):
     """A Report of everything wrong with the GGUF at ``path`` (``family_maps``: default the bundled ones). The
-    first file of a split set is checked with the whole set (the other files found by name, as llama.cpp does)."""
+    first file of a split set is checked with the whole set (the other files found by name, as llama.cpp does).
+    ``values``: also scan the tensor data for NaN / infinite values (a read of every file)."""
     report = Report(str(path))
-    if not _read(path, report):
+    if not _read(path, report, values):
         return report
     keys = _split_keys(report)
     if keys is None or keys[1] == 1:
@@ -731,7 +821,7 @@ def check_file(path, family_maps=None):
                                    "llama.cpp finds the other splits by name")
         return report
     paths = split.names(Path(path).with_name(parsed[0] + ".gguf"), count)
-    return check_set(paths, family_maps, first=report)
+    return check_set(paths, family_maps, first=report, values=values)
 
 
 def _first_of_set(path):
@@ -742,11 +832,11 @@ def _first_of_set(path):
     return str(Path(path).with_name(split.NAME_FORMAT.format(Path(parsed[0]).name, 1, parsed[2])))
 
 
-def check_set(paths, family_maps=None, first=None):
+def check_set(paths, family_maps=None, first=None, values=False):
     """One Report for a split set, ``paths`` in split order: each file's container and split keys, then the
     metadata (in the first file) and the tensors of all files together against the architecture."""
     report = first or Report(str(paths[0]))
-    if first is None and not _read(paths[0], report):
+    if first is None and not _read(paths[0], report, values):
         return report
     count = len(paths)
     keys = _split_keys(report)
@@ -763,7 +853,7 @@ def check_set(paths, family_maps=None, first=None):
             complete = False
             continue
         part = Report(str(path))
-        ok = _read(path, part) and check_part_keys(part, k - 1, count, total)
+        ok = _read(path, part, values) and check_part_keys(part, k - 1, count, total)
         report.problems += [Problem(p.level, p.kind, f"{where}: {p.text}") for p in part.problems]
         report.size += part.size
         complete = complete and ok
@@ -821,6 +911,8 @@ def build_parser():
                                 "general.file_type, and the tensors (names, shapes) the architecture needs.")
     p.add_argument("files", nargs="+", metavar="FILE.gguf")
     p.add_argument("-q", "--quiet", action="store_true", help="print problems only, no 'ok' lines")
+    p.add_argument("--no-values", action="store_true", help="do not scan the tensor data for NaN / infinite values "
+                   "(it reads the whole file)")
     return p
 
 
@@ -832,13 +924,13 @@ def main(argv):
         first = _first_of_set(path)
         if first is not None and os.path.abspath(first) in given:
             if not args.quiet:      # e.g. 'ms2gguf check *.gguf': the set is checked with its first file
-                print(f"{path}: split of {Path(first).name}, checked with it")
+                print(escape(f"{path}: split of {Path(first).name}, checked with it"))
             continue
-        report = check_file(path)
+        report = check_file(path, values=not args.no_values)
         for problem in report.problems:
-            print(f"{path}: {problem.level}: {problem.text}")
+            print(escape(f"{path}: {problem.level}: {problem.text}"))
         if report.errors:
             status = 1
         elif not args.quiet:
-            print(f"{path}: ok ({report.summary()})")
+            print(escape(f"{path}: ok ({report.summary()})"))
     return status

@@ -7,7 +7,6 @@
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -15,6 +14,7 @@ from msckpt import CheckpointError, open_checkpoint
 from msckpt.encryption import MODES
 
 from .errors import ConvertError
+from .output import escape, escape_lines, escaped, write_json
 
 SUBCOMMANDS = ("inspect", "check", "bulk")
 
@@ -28,19 +28,63 @@ Run 'ms2gguf --help', 'ms2gguf inspect --help', 'ms2gguf check --help' or 'ms2gg
 options."""
 
 
+DEBUG_ENV = "MS2GGUF_DEBUG"        # set to 1: an internal error prints its traceback
+KEY_ENV = "MS2GGUF_DEC_KEY"        # the decryption key in hex, kept out of argv (ps, shell history)
+
+
+def machine_cores():
+    """The cores this process may run on (--threads is capped at this)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _hex_key(text, where):
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        raise ConvertError(f"{where} must be hexadecimal, e.g. 30313233...") from None
+    if not key:
+        raise ConvertError(f"{where} is empty")
+    if len(key) > 64:
+        raise ConvertError(f"{where} is {len(key)} bytes long; MindSpore's keys are 16, 24 or 32 bytes")
+    return key
+
+
 def _dec_key(text):
     try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("--dec-key must be hexadecimal, e.g. 30313233...") from None
-    if not key:
-        raise argparse.ArgumentTypeError("--dec-key is empty")
-    return key
+        return _hex_key(text, "--dec-key")
+    except ConvertError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def dec_key(args):
+    """The decryption key: --dec-key HEX, --dec-key-file FILE (hex text), or the MS2GGUF_DEC_KEY variable (hex)."""
+    given = [name for name, value in (("--dec-key", args.dec_key), ("--dec-key-file", args.dec_key_file))
+             if value is not None]
+    if len(given) > 1:
+        raise ConvertError("give the key once: --dec-key or --dec-key-file")
+    if args.dec_key is not None:
+        return args.dec_key
+    if args.dec_key_file is not None:
+        from msckpt import safeio
+        data = safeio.read_bytes(args.dec_key_file, ConvertError, "key file", limit=4096)
+        try:
+            text = data.decode("ascii")
+        except UnicodeDecodeError:
+            raise ConvertError(f"{args.dec_key_file}: the key file must hold the key in hex") from None
+        return _hex_key(text, f"{args.dec_key_file}: the key")
+    if os.environ.get(KEY_ENV):
+        return _hex_key(os.environ[KEY_ENV], KEY_ENV)
+    return None
 
 
 def add_decryption_options(parser):
     parser.add_argument("--dec-key", type=_dec_key, metavar="HEX",
-                        help="key of an encrypted checkpoint, in hex (as given to MindSpore's enc_key)")
+                        help="key of an encrypted checkpoint, in hex (as given to MindSpore's enc_key); visible to "
+                        f"other users in ps: prefer --dec-key-file or the {KEY_ENV} environment variable")
+    parser.add_argument("--dec-key-file", metavar="FILE", help="file holding the key in hex")
     parser.add_argument("--dec-mode", choices=MODES, default="AES-GCM",
                         help="cipher of an encrypted checkpoint (default: %(default)s)")
 
@@ -65,15 +109,16 @@ def cmd_inspect(argv):
     from .report import crc_problem, describe, format_text
 
     args = inspect_parser().parse_args(argv)
+    args.dec_key = dec_key(args)
     shards = {k: v for k, v in (("strategy", args.strategy), ("step", args.step)) if v is not None}
     if os.path.isdir(args.ckpt):
         shards["optimizer"] = True          # Checkpoint 2.0 keeps optimizer state in files of its own; list it too
     with open_checkpoint(args.ckpt, dec_key=args.dec_key, dec_mode=args.dec_mode, **shards) as ckpt:
         info = describe(ckpt, check_crc=not args.no_crc)
     if args.json:
-        print(json.dumps(info, indent=1, default=str))
+        write_json(info)
     else:
-        print(format_text(info))
+        print(escape_lines(format_text(escaped(info))))
     problem = crc_problem(info)
     if problem:
         raise problem
@@ -112,13 +157,19 @@ def main(argv=None):
             print("ms2gguf (not installed)")
         return 0
     command = {"inspect": cmd_inspect, "check": cmd_check, "bulk": cmd_bulk}.get(argv[0], None)
+    import warnings
+
+    import numpy as np
+    # values that overflow or are not finite are checked and reported by name (gguf_out/finite.py); numpy's own
+    # warnings would only repeat them without saying which tensor, and would leak through -q
+    np.seterr(all="ignore")
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
     try:
         if command:
             return command(argv[1:])
         return cmd_convert(argv)
     except (CheckpointError, ConvertError) as err:
-        print(f"ms2gguf: error: {err}", file=sys.stderr)
-        return 1
+        return error(err)
     except KeyboardInterrupt:
         print("ms2gguf: interrupted", file=sys.stderr)
         return 130
@@ -126,8 +177,22 @@ def main(argv=None):
         return 1
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""
-        print(f"ms2gguf: error: {where}{err.strerror or err}", file=sys.stderr)
-        return 1
+        return error(f"{where}{err.strerror or err}")
+    except MemoryError:
+        return error("out of memory")
+    except RecursionError:
+        return error("internal error: input nested too deeply (RecursionError); please report it with the input")
+    except Exception as err:     # a bug: one line, the traceback only on request
+        if os.environ.get(DEBUG_ENV):
+            raise
+        return error(f"internal error: {type(err).__name__}: {err} (please report it; rerun with {DEBUG_ENV}=1 "
+                     "for the traceback)")
+
+
+def error(err):
+    """The one error line: control characters escaped, so a name from a file cannot forge or hide output."""
+    print(f"ms2gguf: error: {escape(err)}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

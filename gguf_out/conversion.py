@@ -7,6 +7,7 @@ together or not at all.
 """
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -15,18 +16,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gguf import GGMLQuantizationType
-from tqdm import tqdm
+from gguf import GGMLQuantizationType, Keys
 
 from msckpt import open_checkpoint
 
-from . import check, detect, hparams, metadata, modelfile, plan as planning, quant_policy, split, templates
+from . import check, detect, hparams, lora, metadata, modelfile, quant_policy, split, templates, weighted
+from . import imatrix as imatrix_mod
+from . import plan as planning
 from . import vocab as vocabulary
 from .encode import encode_rows
+from .cli import dec_key, machine_cores
 from .errors import ConvertError
+from .finite import ValueCheck
 from .maps import bundled_names, load_map
+from .output import escape, progress
 from .report import human_bytes
-from .writer import GGUFWriter, TensorInfo
+from .writer import KV, GGUFWriter, TensorInfo
 
 
 def build_parser():
@@ -47,12 +52,12 @@ def build_parser():
                    "tokenizer.model, or for BPE maps tokenizer.json, vocab.json + merges.txt or a tiktoken file "
                    "(default: beside CKPT); a tokenizer_config.json beside it supplies the chat template and "
                    "special tokens")
-    p.add_argument("--outtype", default="f16", type=_outtypes, metavar="TYPE[,TYPE...]",
+    p.add_argument("--outtype", default=None, type=_outtypes, metavar="TYPE[,TYPE...]",
                    help="output type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 (every 2-D weight), or a "
                    "llama-quantize preset with its per-tensor mixing: q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, "
                    "q4_k_m, q5_k_s, q5_k_m, q6_k. Norms and biases stay F32. Several, comma-separated, write "
                    "several files from one read of the checkpoint; OUT must then contain {ftype} "
-                   "(default: f16)")
+                   "(default: f16; f32 for --lora adapter)")
     p.add_argument("--split-max-size", type=_size, default=0, metavar="SIZE",
                    help="write a split set (OUT-00001-of-0000N.gguf, ...) whose files hold at most SIZE of tensor "
                    "data each (decimal units as gguf-split: 500M, 50G; at least one tensor per file)")
@@ -61,8 +66,12 @@ def build_parser():
     p.add_argument("--split-part", type=_positive, default=None, metavar="K",
                    help="write only split K (1-based, as in the file names) of the split plan: N processes, on "
                    "any machines and in any order, write the same set as one run")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="N",
-                   help="cores used for converting and quantizing (default: all, %(default)s)")
+    p.add_argument("--imatrix", metavar="FILE", help="importance matrix from llama.cpp's llama-imatrix (GGUF or "
+                   "legacy imatrix.dat), used as llama-quantize --imatrix uses it: by the quantized types (Q8_0 "
+                   "ignores it) and in llama-quantize's per-tensor choices for every quantized --outtype")
+    p.add_argument("--threads", type=int, default=machine_cores(), metavar="N",
+                   help="cores used for converting and quantizing, at most the machine's (default: all, "
+                   "%(default)s)")
     p.add_argument("--rope-layout", choices=("hf", "meta"), default="hf",
                    help="Q/K row layout in the checkpoint: 'hf' rotate_half (MindFormers r0.7 and later, "
                    "permuted for llama.cpp) or 'meta' interleaved (r0.6 and earlier, copied as is) "
@@ -78,12 +87,26 @@ def build_parser():
     p.add_argument("--allow-inexact", action="store_true", help="convert even when the model uses settings the "
                    "GGUF architecture cannot represent exactly (e.g. mixture-of-experts routing without "
                    "renormalisation for qwen3moe); each is reported as a warning instead of an error")
+    p.add_argument("--allow-nonfinite", action="store_true", help="keep weights that are NaN or infinite (by "
+                   "default an error naming the tensor); the count is reported")
+    p.add_argument("--clamp-f16", action="store_true", help="clamp weights beyond ±65504 to ±65504 in F16 outputs "
+                   "(by default an error: they would become infinite); the count is reported")
     p.add_argument("--strategy", metavar="FILE_OR_DIR", help="parallel strategy of a distributed CKPT directory "
                    "(rank_N/ shards): a strategy file (.ckpt/.json) or a directory of per-rank files (default: "
                    "CKPT/strategy* or MindFormers' CKPT/../strategy/)")
     p.add_argument("--step", metavar="N", help="which save to read: in a MindFormers Checkpoint 2.0 root, "
                    "iteration_N/ (default: the one latest_checkpointed_iteration.txt names); in a rank_N/ tree, "
                    "step N or EPOCH_N of <prefix>-EPOCH_N files (default: the newest); 'ms2gguf inspect' lists them")
+    p.add_argument("--lora", choices=lora.MODES, default=None,
+                   help="a checkpoint with LoRA tensors: 'merge' them into the base weights (the default), write "
+                   "OUT as a llama.cpp LoRA 'adapter' GGUF (general.type adapter, <tensor>.lora_a / .lora_b), or "
+                   "'skip' them and convert the base model only")
+    p.add_argument("--lora-alpha", type=float, metavar="ALPHA", help="LoRA alpha when neither the config's "
+                   "pet_config nor an adapter_config.json beside CKPT gives it (scale = alpha / rank)")
+    p.add_argument("--lora-rank", type=int, metavar="R", help="LoRA rank, checked against the tensors "
+                   "(default: the config's pet_config, adapter_config.json, or the tensor shapes)")
+    p.add_argument("--base", metavar="BASE_CKPT", help="the base checkpoint of a LoRA-only CKPT (MindFormers "
+                   "save_trainable_params): its weights are merged with CKPT's LoRA, both streamed")
     p.add_argument("--name", help="general.name (default: the checkpoint's file name)")
     p.add_argument("--chat-template", metavar="NAME|FILE", help="chat template for tokenizer.chat_template and the "
                    f"Modelfile: a built-in format ({', '.join(templates.FORMATS)}), a Jinja file (or a JSON file with "
@@ -156,6 +179,8 @@ def main(argv):
 
 def _tokenizer_path(args, fmap):
     path = Path(args.tokenizer) if args.tokenizer else vocabulary.find_tokenizer(args.ckpt, fmap.tokenizer_kinds)
+    if path is None and args.base and not args.tokenizer:
+        path = vocabulary.find_tokenizer(args.base, fmap.tokenizer_kinds)
     if path is None:
         wanted = " / ".join(vocabulary.tokenizer_patterns(fmap.tokenizer_kinds))
         raise ConvertError(f"{args.ckpt}: no tokenizer ({wanted}) beside the checkpoint; pass --tokenizer")
@@ -164,7 +189,13 @@ def _tokenizer_path(args, fmap):
 
 def log(args, text):
     if not args.quiet:
-        print(text, file=sys.stderr)
+        print(escape(text), file=sys.stderr)
+
+
+def warn(args, text):
+    """A warning (not shown with -q, which prints errors only)."""
+    if not args.quiet:
+        print(f"ms2gguf: warning: {escape(text)}", file=sys.stderr)
 
 
 @dataclass
@@ -183,9 +214,17 @@ class Result:
 
 def run(args):
     started = time.monotonic()
+    if args.outtype is None:
+        args.outtype = ["f32" if args.lora == "adapter" else "f16"]
+    if args.lora == "adapter":
+        _check_adapter_options(args)
     out_paths = output_paths(args.out, args.outtype)
     if args.threads < 1:
         raise ConvertError(f"--threads {args.threads}: must be at least 1")
+    args.threads = min(args.threads, machine_cores())
+    if not os.path.lexists(args.ckpt):
+        raise ConvertError(f"{args.ckpt}: checkpoint not found")
+    args.dec_key = dec_key(args)
     if args.split_part is not None and args.ollama is not None:
         raise ConvertError("--ollama needs the whole split set: write the parts, then run 'ollama create' with the "
                            "Modelfile part 1 writes (--modelfile)")
@@ -202,27 +241,43 @@ def run(args):
             raise ConvertError("--ollama creates one model: give a single --outtype")
     fmap = None if args.map == "auto" else load_map(args.map)
     config_path = Path(args.config) if args.config else hparams.find_config(args.ckpt)
+    if config_path is None and args.base:
+        config_path = hparams.find_config(args.base)
     if config_path is None:
         raise ConvertError(f"{args.ckpt}: no config.yaml / config.json beside the checkpoint; pass --config")
     config = hparams.read_config(config_path)
-    tokenizer_path = _tokenizer_path(args, fmap) if fmap else None
+    imatrix = imatrix_mod.load(args.imatrix) if args.imatrix else None
 
     result = Result()
     shards = {k: v for k, v in (("strategy", args.strategy), ("step", args.step)) if v is not None}
-    with open_checkpoint(args.ckpt, dec_key=args.dec_key, dec_mode=args.dec_mode, verify_crc=args.verify_crc,
-                         tmp_dir=args.tmp_dir, **shards) as ckpt:
+    with contextlib.ExitStack() as stack:
+        ckpt = stack.enter_context(open_checkpoint(args.ckpt, dec_key=args.dec_key, dec_mode=args.dec_mode,
+                                                   verify_crc=args.verify_crc, tmp_dir=args.tmp_dir, **shards))
+        base = stack.enter_context(open_checkpoint(args.base, dec_key=args.dec_key, dec_mode=args.dec_mode,
+                                                   tmp_dir=args.tmp_dir)) if args.base else None
+        pairs = lora.find_pairs(ckpt)
+        mode = _lora_mode(args, ckpt, pairs)
+        if mode == "adapter":
+            if args.split_max_size or args.split_max_tensors or args.split_part is not None:
+                raise ConvertError("--lora adapter writes one small file: --split-max-size, --split-max-tensors and "
+                                   "--split-part do not apply")
+            return _run_adapter(args, ckpt, base, pairs, fmap, config, config_path, out_paths[0], started)
+        view, lora_facts, lora_notes, lora_skipped = _lora_view(args, ckpt, base, pairs, mode, config, config_path)
         if fmap is None:
-            fmap = detect.choose_map(ckpt, config, config_path, args.tokenizer)
+            fmap = detect.choose_map(view, config, config_path, args.tokenizer)
             log(args, f"map: {fmap.family} ({fmap.path}), chosen from the tensor names and {config_path}")
-            tokenizer_path = _tokenizer_path(args, fmap)
+        tokenizer_path = _tokenizer_path(args, fmap)
         options = planning.Options(args.outtype[0], args.rope_layout, args.fused_layout,
-                                   _train_tp(args, ckpt, fmap, config), args.allow_inexact)
-        plan = planning.build(ckpt, fmap, config, config_path, options)
+                                   _train_tp(args, view, fmap, config), args.allow_inexact)
+        plan = planning.build(view, fmap, config, config_path, options)
+        plan.facts += lora_facts
+        plan.notes += lora_notes
+        plan.skipped += lora_skipped
         vocab = vocabulary.load_tokenizer(tokenizer_path, fmap)
         vocabulary.pad_to(vocab, int(plan.hp["vocab_size"]))
         chat = templates.apply(args.chat_template, vocab, fmap.for_tokenizer(vocab.kind))
         name = args.name or Path(args.ckpt).stem
-        targets = [_target(outtype, path, plan, fmap, vocab, name, args)
+        targets = [_target(outtype, path, plan, fmap, vocab, name, args, imatrix)
                    for outtype, path in zip(args.outtype, out_paths)]
         result.outputs = {t.outtype: [s.path for s in t.shards] for t in targets}
         result.skipped = list(plan.skipped)
@@ -235,8 +290,12 @@ def run(args):
                 if len(target.shards) == 1:
                     log(args, f"note: the split plan of {target.path} has one file: it is written as one GGUF, "
                               "without split keys")
-        for warning in vocab.warnings + plan.notes + [n for t in targets[1:] for n in t.notes]:
-            print(f"ms2gguf: warning: {warning}", file=sys.stderr)
+        unused = [t.outtype for t in targets if imatrix is not None and t.weights is None]
+        if unused:
+            log(args, f"note: --imatrix does not apply to {', '.join(unused)} (not quantized)")
+        imatrix_warnings = list(dict.fromkeys(w for t in targets for w in t.imatrix_warnings))
+        for warning in vocab.warnings + plan.notes + [n for t in targets[1:] for n in t.notes] + imatrix_warnings:
+            warn(args, warning)
         for fact in plan.facts:
             log(args, f"note: {fact}")
         if args.verbose or args.dry_run:
@@ -269,14 +328,135 @@ def run(args):
     return result
 
 
-class Target:
-    """One output: its --outtype preset, OUT path, per-tensor types and metadata, and its files (shards: one, or
-    the splits of a set); parts are the shards this run writes."""
+def _lora_mode(args, ckpt, pairs):
+    """merge / adapter / skip, or None for a checkpoint without LoRA tensors."""
+    if not pairs:
+        if args.lora == "adapter" or args.base:
+            raise ConvertError(f"{ckpt.path}: no LoRA tensors (*.mindpet_delta_lora_a/b, *.lora_A/B.weight, "
+                               f"*.lora_a/b), so {'--lora adapter' if args.lora == 'adapter' else '--base'} has "
+                               "nothing to use")
+        if args.lora is not None:
+            print(f"ms2gguf: warning: --lora {args.lora}: {ckpt.path} has no LoRA tensors", file=sys.stderr)
+        return None
+    return args.lora or "merge"
 
-    def __init__(self, outtype, path, types, kvs):
+
+def _lora_view(args, ckpt, base, pairs, mode, config, config_path):
+    """(checkpoint view, facts, warnings, skipped entries) for converting the base weights with the LoRA merged,
+    left out (skip), or a checkpoint without LoRA as it is."""
+    if mode is None:
+        return ckpt, [], [], []
+    names = sorted(lora.lora_names(pairs))
+    if mode == "skip":
+        view = lora.View(ckpt, drop=names, base=base)
+        return view, [], [f"--lora skip: {len(names)} LoRA tensors of {ckpt.path} left out; this GGUF is the base "
+                          "model, not the fine-tune"], [(n, "LoRA (--lora skip)") for n in names]
+    alpha, rank, where = lora.scaling(pairs, config, config_path, _lora_dir(args), args.lora_alpha,
+                                      args.lora_rank)
+    view = lora.merged_view(ckpt, pairs, alpha / rank, base)
+    fact = (f"LoRA merged into {len(pairs)} weights: W + {alpha / rank:g} B @ A (alpha {alpha:g} from {where})")
+    return view, [fact], [], [(n, f"LoRA, merged into {p.base}") for p in pairs for n in (p.a.name, p.b.name)]
+
+
+def _lora_dir(args):
+    """Where an adapter_config.json of the LoRA checkpoint would be: beside it (inside it, for a directory)."""
+    path = Path(args.ckpt).resolve()
+    return path if path.is_dir() else path.parent
+
+
+def _check_adapter_options(args):
+    if args.modelfile or args.ollama is not None or args.system is not None:
+        raise ConvertError("--lora adapter writes no model for a Modelfile's FROM (and Ollama's ADAPTER import is "
+                           "not supported here); use --lora merge for --modelfile / --ollama")
+    if len(args.outtype) > 1 or args.outtype[0] not in lora.ADAPTER_OUTTYPES:
+        raise ConvertError(f"--lora adapter: --outtype {','.join(args.outtype)}: an adapter is written as one of "
+                           f"{', '.join(lora.ADAPTER_OUTTYPES)}")
+
+
+def _run_adapter(args, ckpt, base, pairs, fmap, config, config_path, out_path, started):
+    """OUT as a llama.cpp LoRA adapter GGUF of the base model the map would make."""
+    alpha, rank, where = lora.scaling(pairs, config, config_path, _lora_dir(args), args.lora_alpha,
+                                      args.lora_rank)
+    names = lora.lora_names(pairs)
+    holder = base if base is not None else ckpt
+    has_base = all(p.base in holder for p in pairs)
+    view = lora.View(ckpt, drop=names, base=base) if has_base else _StandIns(ckpt.path, pairs)
+    if fmap is None:
+        fmap = detect.choose_map(view, config, config_path, args.tokenizer)
+        log(args, f"map: {fmap.family} ({fmap.path}), chosen from the tensor names and {config_path}")
+    options = planning.Options("f32", args.rope_layout, args.fused_layout, args.train_tp or 1, args.allow_inexact)
+    if has_base:
+        base_plan = planning.build(view, fmap, config, config_path, options)
+        ctx, num_layers = base_plan.ctx, base_plan.num_layers
+    else:
+        ctx = planning.adapter_context(list(view), fmap, config, config_path, options, ckpt.path)
+        num_layers = int(ctx.hp["num_layers"])
+    tensors = lora.adapter_tensors(pairs, fmap, ctx, num_layers, ckpt.path)
+    if has_base:
+        lora.check_against_base(tensors, {o.name: o.shape for o in base_plan.outputs}, ckpt.path)
+    preset = quant_policy.preset(args.outtype[0])
+    outputs, notes = [], []
+    for t in tensors:
+        ggml_type = _adapter_type(preset.name, t.shape)
+        if preset.name == "q8_0" and ggml_type != GGMLQuantizationType.Q8_0:
+            notes.append(f"{t.name}: rows of {t.shape[-1]} are not a multiple of 32, written as F16")
+        outputs.append(planning.Output(t.name, t.expr, t.shape, ggml_type, transform=t.what))
+    plan = planning.Plan(outputs, [], ctx.hp, num_layers, notes, fmap.arch,
+                         [f"LoRA adapter: {len(pairs)} pairs, alpha {alpha:g} from {where}"], ctx)
+    kvs = [(Keys.General.ARCHITECTURE, KV.str(fmap.arch)), (Keys.General.TYPE, KV.str("adapter")),
+           (Keys.General.NAME, KV.str(args.name or Path(args.ckpt).stem)),
+           (Keys.General.FILE_TYPE, KV.u32(preset.file_type)),
+           (Keys.Adapter.TYPE, KV.str("lora")), (Keys.Adapter.LORA_ALPHA, KV.f32(alpha))]
+    target = Target(args.outtype[0], out_path, [(o.ggml_type, None) for o in outputs], kvs)
+    target.nbytes = [TensorInfo(o.name, o.shape, t).nbytes for o, t in zip(outputs, target.types)]
+    target.shards = target.parts = [Shard(0, 1, Path(out_path), 0, len(outputs), kvs)]
+    result = Result(outputs={target.outtype: [Path(out_path)]}, tensors=len(outputs), skipped=list(plan.skipped))
+    for note in notes:
+        warn(args, note)
+    for fact in plan.facts:
+        log(args, f"note: {fact}")
+    if args.verbose or args.dry_run:
+        _print_plan(plan, [target], sys.stdout if args.dry_run else sys.stderr)
+    if args.dry_run or getattr(args, "plan_only", False):
+        return result
+    _write([target], plan, args, fmap)
+    size = target.shards[0].size
+    log(args, f"wrote {out_path}: LoRA adapter for {fmap.arch}, {len(outputs)} tensors ({len(pairs)} pairs, rank "
+              f"{rank}, alpha {alpha:g}), {human_bytes(size)}, {target.outtype}, "
+              f"{time.monotonic() - started:.1f} s; load it with llama.cpp's --lora on the base GGUF")
+    result.written, result.bytes = [Path(out_path)], size
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _adapter_type(outtype, shape):
+    if outtype == "q8_0":
+        return GGMLQuantizationType.Q8_0 if shape[-1] % 32 == 0 else GGMLQuantizationType.F16
+    return {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16,
+            "bf16": GGMLQuantizationType.BF16}[outtype]
+
+
+class _StandIns:
+    """A LoRA-only checkpoint seen as the base weights its pairs imply (names and shapes only)."""
+
+    def __init__(self, path, pairs):
+        self.path, self._tensors = path, lora.shape_stand_ins(pairs)
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+
+class Target:
+    """One output: its --outtype preset, OUT path, per-tensor types and metadata, its files (shards: one, or
+    the splits of a set; parts are the shards this run writes) and with an importance matrix the importances per
+    tensor ([n_expert, n_per_row] or None)."""
+
+    def __init__(self, outtype, path, types, kvs, weights=None, imatrix_warnings=()):
         self.outtype, self.path, self.kvs = outtype, path, kvs
         self.types = [t for t, _ in types]
         self.notes = [note for _, note in types if note]
+        self.weights = weights
+        self.imatrix_warnings = list(imatrix_warnings)
         self.shards = []
         self.parts = []
 
@@ -293,10 +473,25 @@ class Shard:
     size: int = 0
 
 
-def _target(outtype, path, plan, fmap, vocab, name, args):
-    types = plan.types(outtype)
+def _target(outtype, path, plan, fmap, vocab, name, args, imatrix=None):
+    preset = quant_policy.preset(outtype)
+    use = imatrix is not None and preset.quantized
+    types = plan.types(outtype, has_imatrix=use)
     notes = [(t, f"{o.name}: {note}" if note else None) for o, (t, note) in zip(plan.outputs, types)]
-    target = Target(outtype, path, notes, metadata.build(fmap, plan, vocab, quant_policy.preset(outtype), name))
+    kvs = metadata.build(fmap, plan, vocab, preset, name)
+    weights, warnings = None, []
+    if use:
+        weights = []
+        for o, (t, _) in zip(plan.outputs, types):
+            w = None
+            if t not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+                # llama-quantize looks every quantized tensor up (a wrong length stops it even for Q8_0)
+                w, warning = imatrix.for_tensor(o.name, o.shape)
+                if warning and t in weighted.WEIGHTED_TYPES:
+                    warnings.append(warning)
+            weights.append(w)
+        kvs = kvs + imatrix.kvs()
+    target = Target(outtype, path, notes, kvs, weights, warnings)
     target.nbytes = [TensorInfo(o.name, o.shape, t).nbytes for o, t in zip(plan.outputs, target.types)]
     groups = split.plan(target.nbytes, args.split_max_size, args.split_max_tensors)
     paths = split.names(path, len(groups))
@@ -378,12 +573,15 @@ def _write(targets, plan, args, fmap):
                      for i in range(shard.first, shard.stop)]
             shard.size = shard.writer.write_header(shard.kvs, infos)
         total = sum(sum(target.nbytes[shard.first:shard.stop]) for target, shard in jobs)
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="writing",
-                  disable=args.quiet, file=sys.stderr, leave=False) as bar:
+        values = ValueCheck(args.ckpt, args.allow_nonfinite, args.clamp_f16)
+        with progress(total, "writing", args.quiet) as bar:
             for i, out in enumerate(plan.outputs):
-                writers = [(shard.writer, target.types[i]) for target, shard in jobs if shard.first <= i < shard.stop]
+                writers = [(shard.writer, target.types[i], target.weights[i] if target.weights else None)
+                           for target, shard in jobs if shard.first <= i < shard.stop]
                 if writers:
-                    _write_tensor(writers, out, bar, args.threads)
+                    _write_tensor(writers, out, bar, args.threads, values)
+        for warning in values.warnings():
+            warn(args, warning)
         # no fsync: the rename guarantees that a failed or interrupted run leaves nothing at OUT; durability
         # against power loss is the filesystem's business, and an fsync would cost as much as the copy itself
         for _, shard in jobs:
@@ -391,7 +589,7 @@ def _write(targets, plan, args, fmap):
             shard.file.close()
         for target in targets:
             if target.parts:
-                _check_output(target, fmap)
+                _check_output(target, fmap, args.quiet)
         _publish([(shard.tmp, shard.path) for _, shard in jobs])
     except BaseException:
         for _, shard in jobs:
@@ -432,7 +630,7 @@ def _discard(names):
             pass
 
 
-def _check_output(target, fmap):
+def _check_output(target, fmap, quiet=False):
     """The new files must pass 'ms2gguf check' before they take their names: a whole output as one file or set;
     a part of a set (--split-part) as a part (its container and split keys)."""
     maps = [fmap] if fmap is not None else None
@@ -444,47 +642,80 @@ def _check_output(target, fmap):
     shown = target.path if len(target.parts) == 1 and target.parts == target.shards else target.parts[0].path
     for problem in report.warnings:
         if problem.kind != "file-type":     # the summary explains file_type 0
-            print(f"ms2gguf: warning: {shown}: {problem.text}", file=sys.stderr)
+            if not quiet:
+                print(f"ms2gguf: warning: {escape(shown)}: {escape(problem.text)}", file=sys.stderr)
     if report.errors:
         more = f" (and {len(report.errors) - 1} more problems)" if len(report.errors) > 1 else ""
         raise ConvertError(f"{shown}: the converted GGUF fails its check, so it was not written: "
                            f"{report.errors[0].text}{more}")
 
 
-def _write_tensor(writers, out, bar, threads):
-    """One output tensor into each (writer, ggml type): kernel copies where the bytes are the checkpoint's,
-    otherwise the tensor is read once, band by band (plan.bands), and each band encoded for each type."""
+def _write_tensor(writers, out, bar, threads, values=None):
+    """One output tensor into each (writer, ggml type, importances or None): kernel copies where the bytes are the
+    checkpoint's, otherwise the tensor is read once, band by band (plan.bands), and each band encoded for each
+    type (with the importances of the expert its rows belong to). ``values`` (finite.ValueCheck) scans the values
+    on the way: non-finite ones, and what F16 cannot hold."""
     encoded = []
-    for writer, ggml_type in writers:
+    scanned = values is None
+    for writer, ggml_type, weights in writers:
         writer.begin_tensor(out.name)
         if out.copies_as(ggml_type):
             tensor = out.source
+            if not scanned:
+                for offset, length in tensor.byte_ranges():
+                    for chunk in tensor.source.chunks(offset, length):
+                        values.raw(out, chunk, out.dtype_name)
+                scanned = True
             for offset, length in tensor.byte_ranges():
                 tensor.source.advise_sequential(offset, length)
                 writer.copy_range(tensor.source.fileno(), offset, length)
                 bar.update(length)
         else:
-            encoded.append((writer, ggml_type))
+            encoded.append((writer, ggml_type, weights))
     if encoded:
+        rows_per_expert = math.prod(out.shape[1:-1]) if len(out.shape) == 3 else None
+        row = 0
         for band in planning.bands(out):
-            for writer, ggml_type in encoded:
-                data = encode_rows(band, out.dtype_name, ggml_type, threads)
-                writer.write(memoryview(data).cast("B"))
-                bar.update(data.nbytes)
-    for writer, _ in writers:
+            blocks = values.band(out, band, out.dtype_name, {t for _, t, _ in encoded}) if values is not None else \
+                {t: (band, out.dtype_name) for _, t, _ in encoded}
+            for writer, ggml_type, weights in encoded:
+                data_band, dtype_name = blocks[ggml_type]
+                for lo, hi, w in _expert_runs(row, len(band) if band.ndim > 1 else 1, rows_per_expert, weights):
+                    data = encode_rows(data_band[lo:hi] if band.ndim > 1 else data_band, dtype_name, ggml_type,
+                                       threads, w)
+                    writer.write(memoryview(data).cast("B"))
+                    bar.update(data.nbytes)
+            row += len(band) if band.ndim > 1 else 1
+    for writer, _, _ in writers:
         writer.end_tensor()
+
+
+def _expert_runs(row, n_rows, rows_per_expert, weights):
+    """(lo, hi, importances) for the rows [row, row + n_rows) of a band: one run per expert they belong to
+    (llama-quantize gives each expert its own slice of the entry), or one run."""
+    if weights is None:
+        return [(0, n_rows, None)]
+    if rows_per_expert is None:
+        return [(0, n_rows, weights[0])]
+    runs, lo = [], 0
+    while lo < n_rows:
+        expert = (row + lo) // rows_per_expert
+        hi = min(n_rows, (expert + 1) * rows_per_expert - row)
+        runs.append((lo, hi, weights[expert]))
+        lo = hi
+    return runs
 
 
 def _print_plan(plan, targets, stream):
     for name, reason in plan.skipped:
-        print(f"skip   {name}  ({reason})", file=stream)
+        print(f"skip   {escape(name)}  ({escape(reason)})", file=stream)
     width = max((len(o.name) for o in plan.outputs), default=10)
     for i, o in enumerate(plan.outputs):
         types = "/".join(GGMLQuantizationType(t.types[i]).name for t in targets)
         how = "copy" if all(o.copies_as(t.types[i]) for t in targets) else o.transform or "convert"
-        names = [t.name for t in o.expr.sources()]
+        names = [escape(t.name) for t in o.expr.sources()]
         source = names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} more)"
-        print(f"tensor {o.name:<{width}}  {types:<5} {'x'.join(map(str, o.shape)):<14} <- {source} "
+        print(f"tensor {escape(o.name):<{width}}  {types:<5} {'x'.join(map(str, o.shape)):<14} <- {source} "
               f"[{o.source.dtype.name}] {how}", file=stream)
 
 

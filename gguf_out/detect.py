@@ -21,12 +21,13 @@ from msckpt.classify import group_of
 
 from .errors import ConvertError
 from .hparams import lookup
+from .lora import lora_suffix
 from .maps import bundled_names, load_map
 
 
 def choose_map(ckpt, config, config_path, tokenizer_path=None):
     """The one bundled FamilyMap that fits, or a ConvertError naming the candidates."""
-    weights = [t.name for t in ckpt if group_of(t) == "weights"]
+    weights = [t.name for t in ckpt if group_of(t) == "weights" and not lora_suffix(t.name)]   # by the base weights
     if not weights:
         raise ConvertError(f"{ckpt.path}: no model weights to recognise a family by")
     path = Path(tokenizer_path or ckpt.path).resolve()

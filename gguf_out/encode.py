@@ -7,7 +7,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 
-from . import kquants
+from . import quant, weighted
 from .errors import ConvertError
 
 # the checkpoint dtypes whose bytes are already a GGUF type
@@ -24,31 +24,35 @@ def to_float32(block, dtype_name):
     return block.astype(np.float32)
 
 
-def encode_rows(block, dtype_name, ggml_type, threads=1):
+def encode_rows(block, dtype_name, ggml_type, threads=1, weights=None):
     """Bytes of ``block`` (rows in the checkpoint's dtype) as ``ggml_type``, on up to ``threads`` cores.
+    ``weights``: per-column importances (an imatrix entry) for the types that use them (weighted.WEIGHTED_TYPES,
+    quantized by gguf_out.quant's compiled kernels; Q8_0 and the float types ignore them, as ggml does).
 
-    Rows are independent, so a block is cut into row ranges encoded in parallel (numpy and the
-    quantizers release the GIL in their inner loops) and joined in order.
+    Rows are independent, so a block is cut into row ranges encoded in parallel (numpy and the compiled
+    quantizers of gguf_out.quant release the GIL) and joined in order.
     """
     if SAME_BYTES.get(dtype_name) == ggml_type:
         return np.ascontiguousarray(block)
+    if ggml_type not in weighted.WEIGHTED_TYPES:
+        weights = None
     parts = min(threads, len(block) // _MIN_ROWS_PER_THREAD) if block.ndim > 1 else 1
     if parts <= 1:
-        return _encode(block, dtype_name, ggml_type)
+        return _encode(block, dtype_name, ggml_type, weights)
     bounds = np.linspace(0, len(block), parts + 1).astype(int)
-    pieces = _pool(threads).map(lambda i: _encode(block[bounds[i]:bounds[i + 1]], dtype_name, ggml_type),
+    pieces = _pool(threads).map(lambda i: _encode(block[bounds[i]:bounds[i + 1]], dtype_name, ggml_type, weights),
                                 range(parts))
     return np.concatenate(list(pieces))
 
 
-def _encode(block, dtype_name, ggml_type):
+def _encode(block, dtype_name, ggml_type, weights=None):
     values = to_float32(block, dtype_name)
     if ggml_type == T.F32:
         return np.ascontiguousarray(values, dtype=np.float32)
     if ggml_type == T.F16:
         return values.astype(np.float16)
-    if ggml_type in kquants.K_TYPES:
-        return kquants.quantize(values.reshape(-1, values.shape[-1]), ggml_type)
+    if ggml_type in quant.TYPES:
+        return quant.quantize(values.reshape(-1, values.shape[-1]), ggml_type, quant_weights=weights)
     return quants.quantize(np.ascontiguousarray(values), ggml_type)
 
 

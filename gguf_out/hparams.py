@@ -4,11 +4,10 @@ The map names, for each canonical hyperparameter, the config keys that may carry
 ``model.model_config`` and HF spellings); everything else here is arithmetic (mindformers-layouts.md §7).
 """
 
-import json
 import math
 from pathlib import Path
 
-import yaml
+from msckpt import safeio
 
 from .errors import ConvertError
 
@@ -35,17 +34,11 @@ def find_config(ckpt_path):
 def read_config(path):
     """The flat dict of model settings in a MindFormers yaml (model.model_config) or an HF config.json."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConvertError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConvertError(f"{path}: cannot read config ({err})") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ConvertError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
-                           f"({str(err).splitlines()[0]})") from None
+    text = safeio.read_text(path, ConvertError, "config file")
+    if path.suffix == ".json":
+        data = safeio.parse_json(text, path, ConvertError)
+    else:
+        data = safeio.parse_yaml(text, path, ConvertError)
     if not isinstance(data, dict):
         raise ConvertError(f"{path}: expected a mapping at the top level")
     model = data.get("model")
@@ -121,8 +114,58 @@ def _from_config(config, entry):
     if value is None or ("when" in entry and lookup(config, entry["when"]) is False):
         return None
     if "times" in entry:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConvertError(f"{entry['key']} is {value!r}; it must be a number")
         value = value * entry["times"]
     return value, entry["key"] + (f" x {entry['times']:g}" if "times" in entry else "")
+
+
+# What each canonical value may be (anything else in a config is an error naming the key): counts that size
+# tensors or drive loops are integers in [low, high]; floats must be finite and, where it matters, positive.
+_U32 = (1 << 32) - 1
+COUNTS = {"hidden_size": 1, "num_heads": 1, "num_kv_heads": 1, "num_layers": 1, "head_dim": 1, "vocab_size": 1,
+          "intermediate_size": 1, "context_length": 1, "multiple_of": 1, "expert_ffn_size": 1, "n_expert": 1,
+          "n_expert_used": 1, "kv_lora_rank": 1, "qk_nope_head_dim": 1, "qk_rope_head_dim": 1, "v_head_dim": 1,
+          "n_group": 1, "topk_group": 1, "q_lora_rank": 0, "n_shared_experts": 0, "leading_dense_blocks": 0,
+          "nextn_layers": 0}
+COUNT_LIMITS = {"num_layers": 1 << 16, "num_heads": 1 << 16, "num_kv_heads": 1 << 16, "n_expert": 1 << 16,
+                "n_expert_used": 1 << 16, "n_group": 1 << 16, "topk_group": 1 << 16}
+POSITIVE_FLOATS = {"rms_norm_eps": 1.0, "rope_theta": 3.4e38, "routed_scaling_factor": 1e6,
+                   "ffn_dim_multiplier": 1e3}
+FRACTIONS = {"rope_fraction"}
+
+
+def _checked(name, value, where):
+    """The config value of a canonical hyperparameter, validated (ConvertError naming the key otherwise)."""
+    if value is None or isinstance(value, (str, bool)) and name not in COUNTS and name not in POSITIVE_FLOATS \
+            and name not in FRACTIONS:
+        return value                        # flags and names (tie_word_embeddings, score_function, ...)
+    if name in COUNTS:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConvertError(f"{where} is {_shown(value)}; it must be an integer")
+        high = COUNT_LIMITS.get(name, _U32)
+        if not COUNTS[name] <= value <= high:
+            raise ConvertError(f"{where} is {_shown(value)}; it must be between {COUNTS[name]} and {high}")
+        return value
+    if name in POSITIVE_FLOATS or name in FRACTIONS:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConvertError(f"{where} is {_shown(value)}; it must be a number")
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+        high = POSITIVE_FLOATS.get(name, 1.0)
+        if not (math.isfinite(value) and 0 < value <= high):
+            raise ConvertError(f"{where} is {_shown(value)}; it must be a finite number above 0 and at most {high:g}")
+        return value
+    return value
+
+
+def _shown(value):
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:30]}... ({len(text)} characters)"
 
 
 def resolve(family_map, config, config_path):
@@ -132,7 +175,8 @@ def resolve(family_map, config, config_path):
         for entry in keys:
             found = _from_config(config, entry)
             if found is not None:
-                hp.put(name, found[0], f"{config_path}: {found[1]}")
+                where = f"{config_path}: {found[1]}"
+                hp.put(name, _checked(name, found[0], where), where)
                 break
         else:
             if name in family_map.defaults:

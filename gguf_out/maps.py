@@ -6,11 +6,12 @@ checked against gguf-py's tensor tables so a typo in a GGUF name fails at load t
 
 import copy
 import fnmatch
-import json
 import re
 from pathlib import Path
 
 import gguf
+
+from msckpt import safeio
 
 from .errors import ConvertError
 from .steps import fan_out
@@ -114,10 +115,36 @@ class Rule:
         return bool(hp.get(name)) == wanted
 
 
+# the kind of value each section of a map holds (checked before use: a map file is input like any other)
+_SECTIONS = {"family": str, "arch": str, "description": str, "tokenizer": str, "config": dict, "defaults": dict,
+             "metadata": dict, "tensors": list, "shapes": dict, "required": list, "fused_layout": dict,
+             "generated": dict, "detect": dict, "layer_kinds": dict, "reject": dict, "ignored_config": dict,
+             "rope_scaling": dict, "derived": dict, "required_why": dict, "tokenizer_variants": dict, "skip": dict,
+             "tokenizer_specials": dict, "constraints": list}
+METADATA_KINDS = ("u32", "f32", "bool", "str", "i32")
+
+
+def _check_sections(data, where):
+    for key, kind in _SECTIONS.items():
+        if key in data and not isinstance(data[key], kind):
+            raise ConvertError(f"{where}: '{key}' must be a JSON {'object' if kind is dict else kind.__name__}")
+    for name, keys in data.get("config", {}).items():
+        if not isinstance(keys, list) or not all(isinstance(k, str) or (isinstance(k, dict) and isinstance(
+                k.get("key"), str) and isinstance(k.get("times", 1), (int, float))) for k in keys):
+            raise ConvertError(f"{where}: config entry '{name}' must be a list of config keys")
+    for key, spec in data.get("metadata", {}).items():
+        if not (isinstance(spec, list) and 2 <= len(spec) <= 3 and spec[0] in METADATA_KINDS):
+            raise ConvertError(f"{where}: metadata entry '{key}' must be [type, hyperparameter] with a type of "
+                               f"{', '.join(METADATA_KINDS)}")
+    if not all(isinstance(rule, dict) for rule in data.get("tensors", [])):
+        raise ConvertError(f"{where}: 'tensors' must be a list of rule objects")
+
+
 class FamilyMap:
     def __init__(self, data, path):
         where = str(path)
         self.path = where
+        _check_sections(data, where)
         try:
             self.family = data["family"]
             self.arch = data["arch"]
@@ -159,6 +186,9 @@ class FamilyMap:
             self.derived = data.get("derived", {})
             # layers beyond num_layers are this (e.g. multi-token prediction) and are skipped, or None: an error
             self.extra_layers = data.get("extra_layers")
+            # {hyperparameter: regex}: true when a checkpoint name matches (a save kind told by its names, for
+            # rules' "if" / "unless" and rope_scaling's "missing_if")
+            self.tensor_flags = {k: re.compile(v) for k, v in data.get("tensor_flags", {}).items()}
             self.required_why = data.get("required_why", {})   # {required tensor pattern: why it may be missing}
             # [[dimension, dimension, why]]: hyperparameters the architecture needs equal (llama.cpp's shapes)
             self.constraints = data.get("constraints", [])
@@ -166,7 +196,7 @@ class FamilyMap:
             # {"sentencepiece": {"tokenizer_pre": ..., "tokenizer_specials": ..., "chat_template": ...}}
             self.tokenizer_variants = data.get("tokenizer_variants", {})
             skip = data.get("skip", {})
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, re.error) as err:
             raise ConvertError(f"{where}: malformed map (missing or wrong entry {err})") from None
         self._check_fused_layout(where)
         self._check_tokenizers(where)
@@ -271,15 +301,11 @@ def load_map(spec):
         if not path.is_file():
             raise ConvertError(f"no bundled map named '{spec}' (bundled: {', '.join(bundled_names())}; "
                                "or give a path to a .json map)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConvertError(f"{path}: map file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConvertError(f"{path}: cannot read map ({err})") from None
-    except json.JSONDecodeError as err:
-        raise ConvertError(f"{path}: map is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") \
-            from None
+    data = safeio.load_json(path, ConvertError, "map")
     if not isinstance(data, dict):
         raise ConvertError(f"{path}: a map must be a JSON object")
-    return FamilyMap(data, path)
+    try:
+        return FamilyMap(data, path)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, re.error) as err:
+        # a hand-written map with a value of the wrong kind somewhere: name the file, not the Python error's line
+        raise ConvertError(f"{path}: not a valid map ({type(err).__name__}: {err})") from None

@@ -110,13 +110,13 @@ def after_conversion(args, out_path, files, plan, vocab, chat, log, size=0):
         return 0
     path = modelfile_path(out_path)
     files = [Path(f) for f in files]
-    if len(files) > 1:
+    if len(files) > 1 and not args.quiet:
         total = size
         print(f"ms2gguf: warning: {path.name} imports a split set of {len(files)} files: older Ollama versions "
               "(before its llama-server engine, 2026-05) cannot import split sets, and 'ollama create' merges the "
               f"set into one file, which needs about {total / 1e9:.1f} GB ({total:,} bytes of tensor data) of free "
               "disk where Ollama keeps its models", file=sys.stderr)
-    if chat.format is None:
+    if chat.format is None and not args.quiet:
         why = ("the chat template is not one of the built-in formats" if chat.jinja else "there is no chat template")
         print(f"ms2gguf: warning: {path.name} has no TEMPLATE: {why} (use --chat-template NAME; the GGUF's "
               "tokenizer.chat_template, if any, is used by newer Ollama)", file=sys.stderr)

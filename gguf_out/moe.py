@@ -69,8 +69,23 @@ def check_routing(fmap, hp, config_path, allow_inexact):
 def _groups(spec, hp, k, arch):
     """Group-limited routing (DeepSeek-V3's node-limited top-k): experts in n_group groups, each token choosing
     among the topk_group groups with the best scores. llama.cpp scores a group by the sum of its top-2 expert
-    scores; MindFormers' router by its top (k // topk_group) (router.py _group_limited_topk)."""
+    scores; MindFormers' mcore router by its top (k // topk_group) (router.py _group_limited_topk). The legacy
+    research/deepseek3 networks, told apart by the map's tensor_flags: the gmm training MoE (MoEV3) has no group
+    limit; the bmm one (TopkRouterV2) only with moe_config.topk_method noaux_tc (top 2) or group_limited_greedy
+    (the best expert); the inference network (ParallelMoEV2) always groups by the top 2."""
     groups = int(hp.get("n_group") or 1)
+    method = hp.get("topk_method")
+    why = _where(hp, "topk_method")
+    if hp.get("legacy_gmm"):
+        method, why = "greedy", "the grouped-matmul MoE (MoEV3) of MindFormers' legacy network"
+    elif hp.get("legacy_training") and method is None:
+        method, why = "greedy", "moe_config.topk_method (not set: MoEConfig's default greedy)"
+    elif hp.get("legacy_inference"):
+        method = "noaux_tc"
+    if groups > 1 and method == "greedy":
+        hp.put("n_group", None, f"{why}: no group limit")      # no expert_group_* keys
+        hp.put("topk_group", None, f"{why}: no group limit")
+        return []
     if groups <= 1:
         return []
     used = int(hp.get("topk_group") or 0)
@@ -80,7 +95,11 @@ def _groups(spec, hp, k, arch):
     if hp["n_expert"] % groups or not 1 <= used <= groups:
         raise ConvertError(f"{hp.source['n_group']}: {groups} expert groups with topk_group {used} do not fit "
                            f"{hp['n_expert']} experts")
-    if k // used != 2:
+    if method == "group_limited_greedy":
+        return [f"the router ({why} group_limited_greedy) scores each of its {groups} expert groups by its best "
+                f"expert; llama.cpp's {arch} always uses the top 2, so tokens could choose other groups"]
+    legacy = hp.get("legacy_training") or hp.get("legacy_inference")
+    if not legacy and k // used != 2:
         return [f"the router scores each of its {groups} expert groups by its top {k // used} experts "
                 f"(num_experts_per_tok {k} // topk_group {used}); llama.cpp's {arch} always uses the top 2, so "
                 "tokens could choose other groups"]
@@ -89,6 +108,11 @@ def _groups(spec, hp, k, arch):
 
 def _gating(hp):
     function = hp.get("score_function")
+    legacy_training = hp.get("legacy_training")
+    if hp.source.get("score_function") == "default" and (hp.get("gating_sigmoid") is not None or legacy_training):
+        # the legacy moe_config's use_gating_sigmoid says, not the family's default; the research training network
+        # reads it with MoEConfig's default False (softmax); its inference network always scores by sigmoid
+        function = None
     if isinstance(function, str) and function.lower() in FIXED_GATING:
         return function.lower()
     return "sigmoid" if hp.get("gating_sigmoid") else "softmax"

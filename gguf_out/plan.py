@@ -55,14 +55,16 @@ class Plan:
     notes: list = field(default_factory=list)     # warnings: what the GGUF cannot carry or was decided by guess
     arch: str = "llama"
     facts: list = field(default_factory=list)     # notes: how something was converted exactly (e.g. folded)
+    ctx: object = None                            # the StepContext the map's steps ran with
 
-    def types(self, outtype):
+    def types(self, outtype, has_imatrix=False):
         """[(ggml type, fallback note)] per output for an --outtype preset: llama-quantize's per-tensor mixing
-        for the K-quant presets, one type for every weight otherwise (gguf_out/quant_policy.py)."""
+        for the K-quant presets (and for every quantized preset with an importance matrix), one type for every
+        weight otherwise (gguf_out/quant_policy.py)."""
         return quant_policy.assign_types([(o.name, o.shape) for o in self.outputs], quant_policy.preset(outtype),
                                          n_head=int(self.hp["num_heads"]), n_head_kv=int(self.hp["num_kv_heads"]),
                                          n_layer=self.num_layers, n_expert=int(self.hp.get("n_expert") or 0),
-                                         arch=self.arch)
+                                         arch=self.arch, has_imatrix=has_imatrix)
 
 
 @dataclass
@@ -246,6 +248,10 @@ def build(ckpt, fmap, config, config_path, options):
         encode.check_float(tensor)
     groups = group_entries(mapped, ckpt.path)
     hp = hparams.resolve(fmap, config, config_path)
+    for name, regex in fmap.tensor_flags.items():     # save kinds told by names (e.g. legacy inference format)
+        hp.put(name, any(regex.search(t.name) for t, *_ in mapped), f"the checkpoint's names ({regex.pattern})")
+    for group in groups:            # before the shapes are read: a rule's shape depends on the rule chosen
+        group.rule = _rule_that_holds(fmap, group, hp, ckpt.path)
     hparams.complete(hp, _observe(groups, fmap, ckpt.path, hp), config_path)
     _check_constraints(fmap, hp, ckpt.path)
     num_layers = int(hp["num_layers"])
@@ -264,8 +270,6 @@ def build(ckpt, fmap, config, config_path, options):
     ctx = steps_mod.StepContext(hp, layouts, options.train_tp,
                                 fmap.permutes_rope(config) and options.rope_layout == "hf", str(ckpt.path))
     order = {id(rule): k for k, rule in enumerate(fmap.rules)}
-    for group in groups:
-        group.rule = _rule_that_holds(fmap, group, hp, ckpt.path)
     for group in sorted(groups, key=lambda g: (g.layer, order[id(g.rule)])):
         if group.layer >= num_layers:
             if fmap.extra_layers:
@@ -273,10 +277,7 @@ def build(ckpt, fmap, config, config_path, options):
                 continue
             raise ConvertError(f"{ckpt.path}: '{group.name}' is layer {group.layer}, but the model has {num_layers} "
                                "layers")
-        rule_ctx = ctx
-        if group.rule.layout:        # this rule's fused tensor follows a named layout entry of the map
-            rule_ctx = replace(ctx, layouts={**layouts, group.rule.fused: layouts[group.rule.layout]})
-        built = steps_mod.apply(group.rule.steps, _source_exprs(group), rule_ctx, group.name)
+        built = steps_mod.apply(group.rule.steps, _source_exprs(group), rule_context(ctx, group.rule), group.name)
         for name, (expr, what) in zip(group.rule.target_names(group.layer), built):
             if group.rule.stacked:
                 what = f"{len(group.tensors)} experts stacked" + (", " + what if what else "")
@@ -285,11 +286,45 @@ def build(ckpt, fmap, config, config_path, options):
     _check_outputs(outputs, fmap, hp, num_layers, ckpt.path)
     _check_layer_kinds(outputs, fmap, hp, num_layers, ckpt.path)
     _check_untied_output(outputs, fmap, hp, ckpt.path)
-    plan = Plan(outputs, skipped, hp, num_layers, notes, fmap.arch, facts)
+    plan = Plan(outputs, skipped, hp, num_layers, notes, fmap.arch, facts, ctx)
     for out, (ggml_type, note) in zip(outputs, plan.types(options.outtype)):
         out.ggml_type, out.note = ggml_type, note
     plan.notes += [f"{out.name}: {out.note}" for out in outputs if out.note]
     return plan
+
+
+def rule_context(ctx, rule):
+    """The step context of one rule: a rule whose fused tensor follows a named layout entry of the map gets it."""
+    if rule.layout:
+        return replace(ctx, layouts={**ctx.layouts, rule.fused: ctx.layouts[rule.layout]})
+    return ctx
+
+
+def adapter_context(tensors, fmap, config, config_path, options, ckpt_path):
+    """The StepContext for a LoRA adapter of a checkpoint without base weights (a save of the trainable
+    parameters only): hyperparameters from the config, cross-checked against the shapes the LoRA pairs give their
+    base weights (``tensors``: stand-ins with those names and shapes)."""
+    groups = []
+    for tensor in tensors:
+        found = _match(fmap, tensor)
+        if found is None:
+            raise ConvertError(f"{ckpt_path}: LoRA on '{tensor.name}' {list(tensor.shape)}: the map '{fmap.family}' "
+                               f"({fmap.path}) has no rule for this weight")
+        rule, layer = found[0], found[1]
+        if rule.stacked or len(rule.sources) > 1:
+            raise ConvertError(f"{ckpt_path}: LoRA on '{tensor.name}': the map joins this weight with others into one "
+                               "GGUF tensor, which a LoRA adapter cannot express; use --lora merge")
+        groups.append(Group(rule, layer, [tensor]))
+    hp = hparams.resolve(fmap, config, config_path)
+    observed = _observe(groups, fmap, ckpt_path, hp)
+    observed.pop("num_layers", None)        # a LoRA may leave layers out
+    hparams.complete(hp, observed, config_path)
+    _check_constraints(fmap, hp, ckpt_path)
+    layouts, _ = fused_layouts(fmap, config, options)
+    for name, expression in fmap.derived.items():
+        hp.put(name, steps_mod.dim(expression, hp, f"{fmap.path}: derived {name}"), expression)
+    return steps_mod.StepContext(hp, layouts, options.train_tp,
+                                 fmap.permutes_rope(config) and options.rope_layout == "hf", str(ckpt_path))
 
 
 def fused_layouts(fmap, config, options, ckpt=None):

@@ -1,10 +1,11 @@
 """Per-tensor ggml types for each --outtype preset: llama-quantize's mixing policy for the K-quant presets.
 
 For q2_k ... q6_k this reproduces ``llama_tensor_get_type`` of llama.cpp's ``src/llama-quant.cpp`` (2026 code; no
-importance matrix, no user overrides, not ``--pure``), so a file converted with ``--outtype q4_k_m`` gets the same
+user overrides, not ``--pure``; with or without an importance matrix), so a file converted with ``--outtype q4_k_m`` gets the same
 types per tensor as ``llama-quantize model-f16.gguf Q4_K_M`` would give (gguf-targets.md §9; section numbers below
 refer to it).  The legacy presets (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1) use one type for every quantizable
-weight, as convert_hf_to_gguf.py's ``--outtype`` does.
+weight, as convert_hf_to_gguf.py's ``--outtype`` does — except with an importance matrix, when every quantized
+preset follows llama-quantize (the only tool that uses one).
 
     p = preset("q4_k_m")
     types = assign_types([(name, numpy_shape), ...], p, n_head=32, n_head_kv=8, n_layer=32)
@@ -177,19 +178,24 @@ def _fallback(qtype, ncols: int):
 
 
 def assign_types(tensors, preset: Preset, n_head: int, n_head_kv: int, n_layer: int, n_expert: int = 0,
-                 arch: str = "llama", model_70b: bool | None = None):
+                 arch: str = "llama", model_70b: bool | None = None, has_imatrix: bool = False):
     """ggml type and note for every output tensor.
 
     ``tensors``: all output tensors as (GGUF name, numpy shape) — the whole model, since the rules count attn_v
     tensors and look for output.weight.  Returns [(GGMLQuantizationType, note or None)] in the same order; a note
-    explains a fallback.  ``model_70b`` None: decided by :func:`is_70b`."""
+    explains a fallback.  ``model_70b`` None: decided by :func:`is_70b`.
+
+    ``has_imatrix``: quantizing with an importance matrix, which only llama-quantize does; so every quantized
+    preset then follows its rules, the legacy ones (q4_0 ... q8_0) included (output.weight Q6_K, attn_v / attn_k
+    Q8_0 with 8 experts, ...), plus the one rule that needs the matrix (Q4_0 / Q5_0: ffn_down of the first
+    eighth of the layers Q4_1 / Q5_1)."""
     tensors = [(name, tuple(shape)) for name, shape in tensors]
     names = [name for name, _ in tensors]
     if len(set(names)) != len(names):
         raise ValueError("duplicate tensor names")
     result = [None] * len(tensors)
 
-    if not preset.mixing:
+    if not preset.mixing and not (has_imatrix and preset.quantized):
         for i, (name, shape) in enumerate(tensors):
             if not quantizable(name, shape) or preset.base == T.F32:
                 result[i] = (T.F32, None)
@@ -202,7 +208,7 @@ def assign_types(tensors, preset: Preset, n_head: int, n_head_kv: int, n_layer: 
 
     if model_70b is None:
         model_70b = is_70b(arch, n_layer, n_head, n_head_kv, n_expert)
-    ctx = _Context(preset, n_head, n_head_kv, n_layer, n_expert, arch, model_70b,
+    ctx = _Context(preset, n_head, n_head_kv, n_layer, n_expert, arch, model_70b, has_imatrix,
                    has_output=any(_category(n) == _OUTPUT for n in names),
                    n_attention_wv=sum(_category(n) in _ATTN_V_LIKE for n in names))
     for i in _visit_order(names):
@@ -218,8 +224,10 @@ def assign_types(tensors, preset: Preset, n_head: int, n_head_kv: int, n_layer: 
 class _Context:
     """quantize_state_impl: the model facts and the running counters of llama_tensor_get_type_impl."""
 
-    def __init__(self, preset, n_head, n_head_kv, n_layer, n_expert, arch, model_70b, has_output, n_attention_wv):
+    def __init__(self, preset, n_head, n_head_kv, n_layer, n_expert, arch, model_70b, has_imatrix, has_output,
+                 n_attention_wv):
         self.ftype = preset.file_type
+        self.has_imatrix = has_imatrix
         self.base = preset.base
         self.n_gqa = n_head // n_head_kv if n_head_kv else 0     # hparams.n_gqa()
         self.n_layer = n_layer
@@ -297,6 +305,8 @@ class _Context:
                 new = T.Q6_K
             elif ft == FT.MOSTLY_Q4_K_S and not self.falcon and i < n // 8:
                 new = T.Q5_K
+            elif ft in (FT.MOSTLY_Q4_0, FT.MOSTLY_Q5_0) and self.has_imatrix and i < n // 8:
+                new = T.Q4_1 if ft == FT.MOSTLY_Q4_0 else T.Q5_1     # "guard against craziness" (llama-quant.cpp)
             self.i_ffn_down += 1
             return new
 

@@ -6,6 +6,8 @@ becomes a generated ``rope_freqs`` tensor (generated.py); YaRN becomes metadata 
 "yarn" under ``rope_scaling`` (DeepSeek's deepseek2; moe-families.md §4.2-4.3).
 """
 
+import math
+
 from .errors import ConvertError
 
 NO_SCALING = (None, "none", "None", "default")
@@ -24,7 +26,13 @@ def rope_scaling(config, config_path, yarn_defaults=None):
                 raise ConvertError(f"{config_path}: extend_method LLAMA3 needs scaling_factor as a dict "
                                    "(factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)")
             return _llama3(factor, config, config_path, "scaling_factor")
-        raise ConvertError(f"{config_path}: extend_method {method} is not supported yet (supported: None, LLAMA3)")
+        if method == "YARN":        # MindFormers' FreqsMgr needs all six YaRN keys in the dict (no defaults)
+            if not isinstance(factor, dict):
+                raise ConvertError(f"{config_path}: extend_method YARN needs scaling_factor as a dict (factor, "
+                                   "original_max_position_embeddings, beta_fast, beta_slow, mscale, mscale_all_dim)")
+            return _yarn(factor, config, config_path, "scaling_factor")
+        raise ConvertError(f"{config_path}: extend_method {method} is not supported yet (supported: None, LLAMA3, "
+                           "YARN)")
     for key in ("rope_scaling", "rope_parameters"):
         spec = config.get(key)
         if isinstance(spec, dict):
@@ -46,17 +54,30 @@ def _llama3(spec, config, config_path, key):
     out = {"type": "llama3", "factor": spec.get("factor", 8.0), "low_freq_factor": spec.get("low_freq_factor", 1.0),
            "high_freq_factor": spec.get("high_freq_factor", 4.0), "original_context_length": original}
     for name, value in out.items():
-        if name != "type" and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
-            raise ConvertError(f"{config_path}: {key}: {name} must be a positive number, not {value!r}")
+        if name != "type" and not _positive(value):
+            raise ConvertError(f"{config_path}: {key}: {name} must be a positive finite number, not {value!r}")
+    _context(out, config_path, key)
     if out["high_freq_factor"] <= out["low_freq_factor"]:
         raise ConvertError(f"{config_path}: {key}: high_freq_factor must be greater than low_freq_factor")
     return out
 
 
+def _positive(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            and math.isfinite(float(value) if abs(value) < 1e308 else math.inf))
+
+
+def _context(out, config_path, key):
+    value = out["original_context_length"]
+    if value != int(value) or not 0 < value < 1 << 32:
+        raise ConvertError(f"{config_path}: {key}: original_max_position_embeddings must be a whole number below 2^32, "
+                           f"not {value!r}")
+
+
 def _number(spec, name, config_path, key, default=None):
     value = spec.get(name, default)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ConvertError(f"{config_path}: {key}: {name} must be a positive number, not {value!r}")
+    if not _positive(value):
+        raise ConvertError(f"{config_path}: {key}: {name} must be a positive finite number, not {value!r}")
     return float(value)
 
 
@@ -71,16 +92,18 @@ def _yarn(spec, config, config_path, key):
            "beta_slow": _number(spec, "beta_slow", config_path, key, 1.0),
            "mscale": _number(spec, "mscale", config_path, key, 1.0),
            "mscale_all_dim": _number(spec, "mscale_all_dim", config_path, key, 1.0)}
+    _context(out, config_path, key)
     out["original_context_length"] = int(out["original_context_length"])
     return out
 
 
 def apply(fmap, hp, scaling, config_path, allow_inexact):
     """Put the scaling the map carries as metadata into ``hp`` (rope_scaling_* and yarn_log_multiplier); returns
-    warnings. Scaling that neither a generated tensor nor the map's metadata can carry is an error."""
+    warnings. Scaling that neither a generated tensor nor the map's metadata can carry is an error, and so is none
+    at all when the map says why (``missing``; with ``missing_if``, only when that flag of the names is set)."""
     spec = fmap.rope_scaling
     if scaling is None:
-        if spec.get("missing"):
+        if spec.get("missing") and hp.get(spec.get("missing_if"), True):
             raise ConvertError(f"{config_path}: no rope_scaling: {spec['missing']}")
         return []
     kind = scaling["type"]

@@ -10,9 +10,10 @@ Which template a conversion uses: ``--chat-template NAME|FILE`` if given, else t
 ``chat_template``, else the map's ``chat_template`` default, else none.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from msckpt import safeio
 
 from .errors import ConvertError
 
@@ -196,11 +197,64 @@ GLM4 = ChatFormat(
     tokens=("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
 )
 
-FORMATS = {f.name: f for f in (LLAMA2_CHAT, LLAMA3_INSTRUCT, CHATML, MISTRAL_INSTRUCT, CHATGLM3, GLM4)}
+# DeepSeek-V3 / R1: "{bos}{system}<｜User｜>{user}<｜Assistant｜>{assistant}<｜end▁of▁sentence｜>..."; every system
+# message goes first (joined by blank lines). Tool calls and outputs as the published template writes them (its
+# first call of a conversation opens <｜tool▁calls▁begin｜>; only later calls close the block).
+_DS_CALL = ("'<｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\\n```json\\n' + "
+            "tool['function']['arguments'] + '\\n```<｜tool▁call▁end｜>'")
+DEEPSEEK3 = ChatFormat(
+    name="deepseek3",
+    description="DeepSeek-V3 / R1: <｜User｜> and <｜Assistant｜> turns, <｜end▁of▁sentence｜> ends an answer",
+    jinja=_jinja("""
+        {%- set ns = namespace(system='', first_system=true, tool=false, first_call=true, first_output=true) -%}
+        {%- for message in messages -%}{%- if message['role'] == 'system' -%}
+            {%- set ns.system = message['content'] if ns.first_system else ns.system + '\\n\\n' + message['content'] -%}
+            {%- set ns.first_system = false -%}
+        {%- endif -%}{%- endfor -%}
+        {{- bos_token + ns.system -}}
+        {%- for message in messages -%}
+            {%- if message['role'] == 'user' -%}
+                {%- set ns.tool = false -%}{{- '<｜User｜>' + message['content'] -}}
+            {%- elif message['role'] == 'assistant' and message['content'] is none -%}
+                {%- set ns.tool = false -%}
+                {%- for tool in message['tool_calls'] -%}
+                    {%- if ns.first_call -%}
+                        {{- '<｜Assistant｜><｜tool▁calls▁begin｜>' + """ + _DS_CALL + """ -}}
+                        {%- set ns.first_call = false -%}
+                    {%- else -%}
+                        {{- '\\n' + """ + _DS_CALL + """ + '<｜tool▁calls▁end｜><｜end▁of▁sentence｜>' -}}
+                    {%- endif -%}
+                {%- endfor -%}
+            {%- elif message['role'] == 'assistant' -%}
+                {{- ('<｜tool▁outputs▁end｜>' if ns.tool else '<｜Assistant｜>') + message['content'] -}}
+                {{- '<｜end▁of▁sentence｜>' -}}{%- set ns.tool = false -%}
+            {%- elif message['role'] == 'tool' -%}
+                {%- set ns.tool = true -%}
+                {{- ('<｜tool▁outputs▁begin｜>' if ns.first_output else '\\n') -}}
+                {{- '<｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>' -}}
+                {%- set ns.first_output = false -%}
+            {%- endif -%}
+        {%- endfor -%}
+        {%- if ns.tool -%}{{- '<｜tool▁outputs▁end｜>' -}}{%- endif -%}
+        {%- if add_generation_prompt and not ns.tool -%}{{- '<｜Assistant｜>' -}}{%- endif -%}
+    """),
+    go="""{{- range .Messages }}
+{{- if eq .Role "system" }}{{ .Content }}
+{{- else if eq .Role "user" }}<｜User｜>{{ .Content }}
+{{- else if eq .Role "assistant" }}<｜Assistant｜>{{ .Content }}<｜end▁of▁sentence｜>
+{{- end }}
+{{- end }}<｜Assistant｜>""",
+    stops=("<｜User｜>", "<｜Assistant｜>"),
+    markers=("<｜User｜>", "<｜Assistant｜>"),
+    tokens=("<｜User｜>", "<｜Assistant｜>"),
+)
+
+FORMATS = {f.name: f for f in (LLAMA2_CHAT, LLAMA3_INSTRUCT, CHATML, MISTRAL_INSTRUCT, CHATGLM3, GLM4, DEEPSEEK3)}
 ALIASES = {"llama2": "llama2-chat", "llama3": "llama3-instruct", "qwen": "chatml", "qwen2": "chatml",
-           "mistral": "mistral-instruct", "chatglm4": "glm4", "glm-4": "glm4"}
+           "mistral": "mistral-instruct", "chatglm4": "glm4", "glm-4": "glm4", "deepseek-v3": "deepseek3",
+           "deepseek-r1": "deepseek3"}
 # most specific first: a Llama-2 template also contains Mistral's marker
-_RECOGNITION_ORDER = (LLAMA3_INSTRUCT, CHATML, GLM4, CHATGLM3, LLAMA2_CHAT, MISTRAL_INSTRUCT)
+_RECOGNITION_ORDER = (LLAMA3_INSTRUCT, CHATML, GLM4, CHATGLM3, DEEPSEEK3, LLAMA2_CHAT, MISTRAL_INSTRUCT)
 
 
 def lookup(name):
@@ -263,15 +317,9 @@ def _read_template_file(spec):
     if not path.is_file():
         names = ", ".join(list(FORMATS) + ["none"])
         raise ConvertError(f"--chat-template {spec}: neither a built-in template ({names}) nor a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConvertError(f"{path}: cannot read chat template ({err})") from None
+    text = safeio.read_text(path, ConvertError, "chat template", safeio.LARGE)
     if path.suffix == ".json":      # tokenizer_config.json or chat_template.json
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConvertError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        data = safeio.parse_json(text, path, ConvertError)
         text = data.get("chat_template") if isinstance(data, dict) else None
         if isinstance(text, list):      # [{"name": ..., "template": ...}]
             named = {t.get("name"): t.get("template") for t in text if isinstance(t, dict)}

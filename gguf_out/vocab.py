@@ -4,12 +4,13 @@ What llama.cpp needs (gguf-targets.md §3.1, §3.3): tokens, scores and token ty
 embedding rows with unique ``[PAD{id}]`` tokens, special token ids, add_bos/add_eos, and the chat template.
 """
 
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gguf import TokenType
 
+from msckpt import safeio
 from msckpt.schema import message_class
 
 from .errors import ConvertError
@@ -103,10 +104,7 @@ def load_sentencepiece(path, pre=None, specials=None):
     ``specials``: the map's tokenizer_specials — tokens the tokenizer code appends after the model's pieces (ChatGLM3's
     [gMASK], sop, <|user|>, ...), role tokens and add_bos, filling only what the files leave unsaid."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ConvertError(f"{path}: cannot read tokenizer ({err.strerror or err})") from None
+    data = safeio.read_bytes(path, ConvertError, "tokenizer", safeio.LARGE)
     model_proto = message_class("sentencepiece_model", "ms2gguf.spm.ModelProto")
     try:
         model = model_proto.FromString(data)
@@ -118,6 +116,8 @@ def load_sentencepiece(path, pre=None, specials=None):
     for i, piece in enumerate(model.pieces):
         if not piece.piece:
             raise ConvertError(f"{path}: piece {i} is empty")
+        if not math.isfinite(piece.score):
+            raise ConvertError(f"{path}: piece {i} ({piece.piece!r}) has the score {piece.score}")
         tokens.append(piece.piece)
         scores.append(float(piece.score))
         # SentencePiece's piece types have the same numbers as GGUF's token types, except that llama.cpp's
@@ -153,12 +153,9 @@ def load_sentencepiece(path, pre=None, specials=None):
 
 def _apply_tokenizer_config(vocab, path):
     """HF tokenizer_config.json beside the tokenizer: chat template, add_bos/eos, added special tokens."""
-    if not path.is_file():
+    if not safeio.present(path, ConvertError):
         return
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConvertError(f"{path}: cannot read ({err})") from None
+    config = safeio.load_json(path, ConvertError, "tokenizer_config.json", safeio.LARGE)
     if not isinstance(config, dict):
         raise ConvertError(f"{path}: expected a JSON object")
     template = config.get("chat_template")
@@ -171,12 +168,8 @@ def _apply_tokenizer_config(vocab, path):
         if isinstance(config.get(key), bool):
             setattr(vocab, key.replace("_token", ""), config[key])
     index = {text: i for i, text in enumerate(vocab.tokens)}
-    for key, info in (config.get("added_tokens_decoder") or {}).items():
-        try:
-            token_id = int(key)
-            text = info["content"]
-        except (ValueError, TypeError, KeyError):
-            raise ConvertError(f"{path}: malformed added_tokens_decoder entry {key!r}") from None
+    for key, info in added_tokens_decoder(path, config).items():
+        token_id, text = key, info["content"]
         if token_id >= len(vocab.tokens):
             continue    # placed when padding (see pad_to)
         if vocab.tokens[token_id] != text and text in index:
@@ -189,8 +182,31 @@ def _apply_tokenizer_config(vocab, path):
             token = token.get("content")
         if isinstance(token, str) and token in index:
             vocab.special[name] = index[token]
-    vocab.added_beyond = {int(k): v for k, v in (config.get("added_tokens_decoder") or {}).items()
-                          if int(k) >= len(vocab.tokens)}
+    vocab.added_beyond = {k: v for k, v in added_tokens_decoder(path, config).items() if k >= len(vocab.tokens)}
+    vocab.added_source = str(path)
+
+
+MAX_ID = 1 << 24        # beyond any real vocabulary; ids drive list sizes, so a made-up one must not
+
+
+def added_tokens_decoder(path, config):
+    """tokenizer_config.json's added_tokens_decoder as {id: entry}, validated: ids non-negative integers below
+    MAX_ID, entries objects with a string "content"."""
+    entries = config.get("added_tokens_decoder") or {}
+    if not isinstance(entries, dict):
+        raise ConvertError(f"{path}: added_tokens_decoder must be an object of id -> token")
+    out = {}
+    for key, info in entries.items():
+        try:
+            token_id = int(key)
+        except ValueError:
+            raise ConvertError(f"{path}: added_tokens_decoder id {key!r} is not an integer") from None
+        if not 0 <= token_id < MAX_ID:
+            raise ConvertError(f"{path}: added_tokens_decoder id {token_id} is out of range (0 to {MAX_ID - 1})")
+        if not isinstance(info, dict) or not isinstance(info.get("content"), str) or not info["content"]:
+            raise ConvertError(f"{path}: added_tokens_decoder entry {key!r} needs a non-empty string \"content\"")
+        out[token_id] = info
+    return out
 
 
 def pad_to(vocab, rows):
@@ -200,9 +216,15 @@ def pad_to(vocab, rows):
         raise ConvertError(f"{vocab.source}: the tokenizer has {n} tokens but the embedding has only {rows} rows")
     taken = set(vocab.tokens)
     if len(taken) != n:
-        dupes = sorted({t for t in vocab.tokens if vocab.tokens.count(t) > 1})[:3]
+        from collections import Counter      # (list.count per token would be quadratic in the vocabulary)
+        dupes = sorted(t for t, k in Counter(vocab.tokens).items() if k > 1)[:3]
         raise ConvertError(f"{vocab.source}: duplicate tokens {dupes} (llama.cpp aborts on duplicates)")
     added = getattr(vocab, "added_beyond", {})
+    beyond = [i for i in added if i >= rows]
+    if beyond:
+        raise ConvertError(f"{getattr(vocab, 'added_source', vocab.source)}: added token "
+                           f"{added[beyond[0]].get('content')!r} has the id {beyond[0]}, beyond the {rows} rows of the "
+                           "embedding")
     for i in range(n, rows):
         info = added.get(i)
         text = info.get("content") if isinstance(info, dict) else None

@@ -28,14 +28,18 @@ holes.
 
 import base64
 import binascii
-import json
+import heapq
 import re
 from pathlib import Path
 
 from gguf import TokenType
 
+from msckpt import safeio
+
 from .errors import ConvertError
-from .vocab import PAD_SCORE, Vocab
+from .vocab import MAX_ID, PAD_SCORE, Vocab, added_tokens_decoder
+
+HOLES = 1 << 16         # ids a vocabulary may leave unused
 
 
 def _byte_chars():
@@ -70,9 +74,9 @@ def looks_special(text):
 def is_tiktoken(path):
     """A tiktoken rank file starts with a text line "base64 rank"; a SentencePiece model is binary protobuf."""
     try:
-        with open(path, "rb") as f:
+        with safeio.open_regular(path, ConvertError) as f:
             head = f.read(4096)
-    except OSError:
+    except (OSError, ConvertError):
         return False
     return bool(_TIKTOKEN_LINE.match(head.split(b"\n", 1)[0]))
 
@@ -134,23 +138,25 @@ def _read_tokenizer_json(path, config):
     base = _check_vocab(path, model["vocab"])
     merges = _merges_from_list(path, model.get("merges"))
     added = []
-    for i, entry in enumerate(data.get("added_tokens") or []):
-        try:
-            added.append((int(entry["id"]), str(entry["content"]), bool(entry.get("special"))))
-        except (KeyError, TypeError, ValueError):
-            raise ConvertError(f"{path}: added_tokens[{i}] needs an integer 'id' and a 'content'") from None
+    entries = data.get("added_tokens") or []
+    if not isinstance(entries, list):
+        raise ConvertError(f"{path}: added_tokens must be a list")
+    for i, entry in enumerate(entries):
+        token_id = entry.get("id") if isinstance(entry, dict) else None
+        content = entry.get("content") if isinstance(entry, dict) else None
+        if not _is_id(token_id) or not isinstance(content, str) or not content:
+            raise ConvertError(f"{path}: added_tokens[{i}] needs an integer 'id' (0 to {MAX_ID - 1}) and a "
+                               "non-empty string 'content'")
+        added.append((token_id, content, bool(entry.get("special"))))
     return base, merges, added + _added_from_config(path, config, added), _template_hints(data.get("post_processor"))
 
 
 def _read_vocab_merges(path, config):
     merges_path = path.with_name("merges.txt")
     base = _check_vocab(path, _read_json(path))
-    try:
-        lines = merges_path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ConvertError(f"{path}: merges.txt is missing beside it") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConvertError(f"{merges_path}: cannot read ({err})") from None
+    if not merges_path.exists():
+        raise ConvertError(f"{path}: merges.txt is missing beside it")
+    lines = safeio.read_text(merges_path, ConvertError, "merges file", safeio.LARGE).splitlines()
     merges = []
     for number, line in enumerate(lines, 1):
         line = line.strip()
@@ -167,17 +173,15 @@ def _read_vocab_merges(path, config):
     known = {text for _, text, _ in added}
     for text, token_id in extra.items():
         if text not in known:
-            if not isinstance(token_id, int):
-                raise ConvertError(f"{path.with_name('added_tokens.json')}: id of {text!r} is not an integer")
+            if not _is_id(token_id):
+                raise ConvertError(f"{path.with_name('added_tokens.json')}: the id of {text!r} is {token_id!r}, not "
+                                   f"an integer from 0 to {MAX_ID - 1}")
             added.append((token_id, text, False))
     return base, merges, added, {}
 
 
 def _read_tiktoken(path, config):
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ConvertError(f"{path}: cannot read tokenizer ({err.strerror or err})") from None
+    data = safeio.read_bytes(path, ConvertError, "tokenizer", safeio.LARGE)
     ranks, ids = {}, set()
     for number, line in enumerate(data.splitlines(), 1):
         if not line.strip():
@@ -190,7 +194,7 @@ def _read_tiktoken(path, config):
         except (ValueError, binascii.Error):
             raise ConvertError(f"{path}: line {number}: expected 'base64-token rank', got "
                                f"{line[:60].decode('latin-1')!r}") from None
-        if not token or token in ranks or rank in ids or rank < 0:
+        if not token or token in ranks or rank in ids or not _is_id(rank):
             what = "an empty token" if not token else "a repeated token" if token in ranks else "a bad or repeated rank"
             raise ConvertError(f"{path}: line {number}: {what}")
         ranks[token] = rank
@@ -221,16 +225,39 @@ def merges_from_ranks(ranks):
 
 
 def _split_by_ranks(ranks, token, max_rank):
-    parts = [token[i:i + 1] for i in range(len(token))]
-    while len(parts) > 1:
-        best, best_rank = -1, max_rank
-        for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1])
-            if rank is not None and rank < best_rank:
-                best, best_rank = i, rank
-        if best < 0:
-            break
-        parts[best:best + 2] = [parts[best] + parts[best + 1]]
+    """tiktoken's merging of ``token``'s bytes (the adjacent pair of lowest rank below ``max_rank`` first, the leftmost
+    of equal ones), with a heap: O(n log n), where rescanning every pair after each merge would be quadratic in the
+    token's length (a hostile file's one long token would take hours)."""
+    n = len(token)
+    following = list(range(1, n + 1))       # part starting at s ends where the next part starts: following[s]
+    before = list(range(-1, n - 1))
+    heap = []
+
+    def push(start):
+        middle = following[start] if start >= 0 else n
+        if middle >= n:
+            return
+        end = following[middle]
+        rank = ranks.get(token[start:end])
+        if rank is not None and rank < max_rank:
+            heapq.heappush(heap, (rank, start, middle, end))
+
+    for start in range(n - 1):
+        push(start)
+    while heap:
+        _, start, middle, end = heapq.heappop(heap)
+        if following[start] != middle or following[middle] != end or before[middle] != start:
+            continue                        # stale: one of the two parts has merged since
+        following[start] = end
+        before[middle] = -2                 # no longer the start of a part
+        if end < n:
+            before[end] = start
+        push(before[start])
+        push(start)
+    parts, start = [], 0
+    while start < n:
+        parts.append(token[start:following[start]])
+        start = following[start]
     return parts
 
 
@@ -239,16 +266,9 @@ def _split_by_ranks(ranks, token, max_rank):
 
 
 def _read_json(path, optional=False):
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        if optional:
-            return None
-        raise ConvertError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConvertError(f"{path}: cannot read ({err})") from None
-    except json.JSONDecodeError as err:
-        raise ConvertError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    if optional and not safeio.present(path, ConvertError):
+        return None
+    return safeio.load_json(path, ConvertError, "JSON file", safeio.LARGE)
 
 
 def _check_vocab(path, vocab):
@@ -256,12 +276,17 @@ def _check_vocab(path, vocab):
         raise ConvertError(f"{path}: the vocabulary must be a non-empty JSON object of token -> id")
     seen = {}
     for text, token_id in vocab.items():
-        if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
-            raise ConvertError(f"{path}: token {text!r} has a bad id {token_id!r}")
+        if not _is_id(token_id):
+            raise ConvertError(f"{path}: token {text!r} has a bad id {token_id!r} (ids are integers from 0 to "
+                               f"{MAX_ID - 1})")
         if token_id in seen:
             raise ConvertError(f"{path}: tokens {seen[token_id]!r} and {text!r} share the id {token_id}")
         seen[token_id] = text
     return vocab
+
+
+def _is_id(value):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_ID
 
 
 def _merges_from_list(path, merges):
@@ -297,15 +322,8 @@ def _added_from_config(path, config, already):
     """added_tokens_decoder of tokenizer_config.json, for ids the tokenizer file does not list itself."""
     taken = {token_id for token_id, _, _ in already}
     added = []
-    entries = config.get("added_tokens_decoder") or {}
-    if not isinstance(entries, dict):
-        raise ConvertError(f"{path.parent / 'tokenizer_config.json'}: added_tokens_decoder must be an object")
-    for key, info in entries.items():
-        try:
-            token_id, text = int(key), info["content"]
-        except (ValueError, TypeError, KeyError):
-            raise ConvertError(f"{path.parent / 'tokenizer_config.json'}: malformed added_tokens_decoder entry "
-                               f"{key!r}") from None
+    for token_id, info in added_tokens_decoder(path.parent / "tokenizer_config.json", config).items():
+        text = info["content"]
         if token_id not in taken:
             added.append((token_id, str(text), bool(info.get("special"))))
     return added
@@ -353,6 +371,10 @@ def _map_specials(specials, first_id, where):
 
 def _assemble(path, base, merges, added):
     size = max([*base.values(), *(token_id for token_id, _, _ in added)]) + 1
+    listed = len(base) + len(added)
+    if size > 2 * listed + HOLES:
+        # ids size the lists below; a real vocabulary has few holes (unused ids are padded with [PADn])
+        raise ConvertError(f"{path}: the largest token id is {size - 1}, but only {listed} tokens are listed")
     tokens, types = [None] * size, [TokenType.NORMAL] * size
     for text, token_id in base.items():
         tokens[token_id] = text
@@ -414,12 +436,9 @@ def _apply_roles(vocab, path, config, hints, specials):
     vocab.add_bos = bool(_first_bool(config.get("add_bos_token"), hints.get("add_bos"), specials.get("add_bos")))
     vocab.add_eos = _first_bool(config.get("add_eos_token"), hints.get("add_eos"), specials.get("add_eos"))
     template = config.get("chat_template")
-    if template is None and (folder / "chat_template.jinja").is_file():
-        try:
-            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConvertError(f"{folder / 'chat_template.jinja'}: cannot read ({err})") from None
-    elif template is None and (folder / "chat_template.json").is_file():
+    if template is None and safeio.present(folder / "chat_template.jinja", ConvertError):
+        template = safeio.read_text(folder / "chat_template.jinja", ConvertError, "chat template")
+    elif template is None and safeio.present(folder / "chat_template.json", ConvertError):
         data = _read_json(folder / "chat_template.json")
         template = data.get("chat_template") if isinstance(data, dict) else None
     if isinstance(template, list):      # [{"name": ..., "template": ...}]: take the default

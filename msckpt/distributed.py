@@ -144,7 +144,8 @@ def _step_text(key):
 
 
 def _rank_files(d):
-    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix in EXTENSIONS)
+    from .safeio import regular_entries
+    return sorted(regular_entries((p for p in d.iterdir() if p.suffix in EXTENSIONS), what="checkpoint"))
 
 
 def saved_steps(folder, ranks):

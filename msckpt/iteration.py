@@ -14,7 +14,6 @@ over ``axis_fragmentations``. Tensors are assembled chunk by chunk when read (ms
 told apart by file name, as MindFormers does, and are opened only when asked for (``optimizer=True``).
 """
 
-import json
 import re
 from math import prod
 from pathlib import Path
@@ -63,9 +62,11 @@ def iterations(root):
 def read_tracker(root):
     """The iteration latest_checkpointed_iteration.txt names, or None when there is no tracker."""
     path = Path(root) / TRACKER
-    if not path.is_file():
+    from .safeio import present
+    if not present(path):
         return None
-    text = path.read_text(encoding="utf-8", errors="replace").strip()
+    from .safeio import read_bytes
+    text = read_bytes(path, what="tracker file", limit=4096).decode("utf-8", errors="replace").strip()
     if not text.isdigit():
         raise CheckpointError(path, f"should hold an iteration number, but holds {text[:40]!r}")
     return int(text)
@@ -147,11 +148,13 @@ def open_iteration(path, step=None, optimizer=False, strategy=None, dec_key=None
 
 
 def _open(path, folder, files, optimizer):
-    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(".safetensors"))
+    from .safeio import present, regular_entries
+    names = sorted(p.name for p in regular_entries((p for p in folder.iterdir() if p.name.endswith(".safetensors")),
+                                                   what="checkpoint"))
     opt_files = [n for n in names if _OPT_FILE.fullmatch(n)]
     model_files = [n for n in names if n not in opt_files]
     common = _read_common(folder / COMMON)
-    if (folder / METADATA).is_file():
+    if present(folder / METADATA):
         meta = _read_metadata(folder / METADATA)
         tensors, facts = _assemble(folder, meta, files, optimizer)
         if optimizer:
@@ -165,18 +168,18 @@ def _open(path, folder, files, optimizer):
     return IterationCheckpoint(path, folder, tensors, files, model_files, opt_files, common, optimizer, **facts)
 
 
-def _read_json(path, what):
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise CheckpointError(path, f"cannot read {what} ({err})") from None
+def _read_json(path, what, nonfinite=False):
+    from .safeio import LARGE, load_json
+    data = load_json(path, what=what, limit=LARGE, nonfinite=nonfinite)
     if not isinstance(data, dict):
         raise CheckpointError(path, f"{what} is not a JSON object")
     return data
 
 
 def _read_common(path):
-    return _read_json(path, "common.json") if path.is_file() else {}
+    from .safeio import present
+    # informational (step, loss scale): MindFormers' json.dump writes a diverged loss scale as NaN / Infinity
+    return _read_json(path, "common.json", nonfinite=True) if present(path) else {}
 
 
 def _read_metadata(path):

@@ -7,12 +7,13 @@ file and keeps that file as its ``source``, so byte ranges stay valid and raw co
 ``iteration_*/`` layout, whose tensors are split into chunks described by ``metadata.json``, is a different format.
 """
 
-import json
+import os
 from pathlib import Path
 
 from . import safetensors
 from .checkpoint import Checkpoint
 from .errors import CheckpointError
+from .safeio import load_json, present
 from .source import Source
 
 INDEX_NAMES = ("model.safetensors.index.json", "param_name_map.json")
@@ -26,7 +27,7 @@ def open_safetensors_dir(path):
     else:
         files = [folder / name for name in sorted(set(index.values()))]
         for f in files:
-            if not f.is_file():
+            if not os.path.lexists(f):
                 raise CheckpointError(index_path, f"names the file '{f.name}', which is not in {folder}")
     if not files:
         raise CheckpointError(path, "contains no .safetensors files")
@@ -60,12 +61,9 @@ def _read_index(folder):
     """({tensor name: file name}, index path) from the first index file present, else (None, None)."""
     for name in INDEX_NAMES:
         index_path = folder / name
-        if not index_path.is_file():
+        if not present(index_path):
             continue
-        try:
-            data = json.loads(index_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise CheckpointError(index_path, f"cannot read the shard index ({err})") from None
+        data = load_json(index_path, what="shard index")
         mapping = data.get("weight_map") if isinstance(data, dict) and "weight_map" in data else data
         if not (isinstance(mapping, dict) and all(isinstance(v, str) for v in mapping.values())):
             raise CheckpointError(index_path, "is not a shard index (expected a 'weight_map' of tensor name -> "

@@ -4,11 +4,11 @@ Layout: an 8-byte little-endian header length, a JSON header, then the data sect
 the header is checked against the file before use.
 """
 
-import json
 from math import prod
 
 from . import dtypes
 from .errors import CheckpointError
+from .safeio import parse_json
 from .tensor import Tensor
 
 MAX_HEADER = 100 * 1024 * 1024     # MindSpore's own parser refuses larger headers too
@@ -28,9 +28,11 @@ def index(source):
     if n > MAX_HEADER:
         raise CheckpointError(path, f"safetensors header of {n} bytes is implausibly large", 0)
     try:
-        header = json.loads(bytes(source[8:8 + n]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise CheckpointError(path, f"safetensors header is not valid JSON ({err})", 8) from None
+        text = bytes(source[8:8 + n]).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CheckpointError(path, f"safetensors header is not valid JSON (invalid UTF-8 at byte {8 + err.start})",
+                              8) from None
+    header = parse_json(text, path, what="safetensors header", offset=8)
     if not isinstance(header, dict):
         raise CheckpointError(path, "safetensors header is not a JSON object", 8)
     meta = header.pop("__metadata__", None) or {}

@@ -37,7 +37,10 @@ class Source:
 
     def __init__(self, path, fileobj=None):
         self.path = str(path)
-        self._file = fileobj if fileobj is not None else open(path, "rb")
+        if fileobj is None:
+            from .safeio import open_regular      # a FIFO or device would block or never end
+            fileobj = open_regular(path, what="checkpoint")
+        self._file = fileobj
         self.size = os.fstat(self._file.fileno()).st_size
         self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
         self._block_start, self._block = -1, b""

@@ -5,7 +5,6 @@ parallelism every stage writes its own file; a directory of them is merged here,
 ``mindspore.merge_pipeline_strategys`` does (which also prefixes names with ``"<stage>-"``, understood too).
 """
 
-import json
 import re
 from dataclasses import dataclass
 from math import prod
@@ -145,8 +144,9 @@ def load_strategy(path):
     """A Strategy from a strategy file (protobuf or ``.json``) or a directory of per-rank/per-stage files."""
     path = Path(path)
     if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix in (".ckpt", ".json")),
-                       key=_file_order)
+        from .safeio import regular_entries
+        files = sorted(regular_entries((p for p in path.iterdir() if p.suffix in (".ckpt", ".json")
+                                        and not p.is_dir()), what="strategy file"), key=_file_order)
         if not files:
             raise CheckpointError(path, "strategy directory holds no .ckpt or .json strategy files")
         kinds = {p.suffix for p in files}
@@ -181,7 +181,8 @@ def _file_order(p):
 
 def _read_file(path):
     """(the file's pipeline stage or None when its names carry stage prefixes, [Layout])."""
-    data = path.read_bytes()
+    from .safeio import LARGE, read_bytes
+    data = read_bytes(path, what="strategy file", limit=LARGE)
     if not data:
         raise CheckpointError(path, "strategy file is empty")
     if path.suffix == ".json":
@@ -203,6 +204,8 @@ def _read_protobuf(path, data):
              else smap.current_stage)
     raw = []
     for item in smap.parallel_layout_item:
+        if not isinstance(item.param_name, str):        # proto2 hands invalid UTF-8 back as bytes
+            raise CheckpointError(path, f"parameter name {item.param_name[:60]!r} is not valid UTF-8")
         pl = item.parallel_layouts
         where = f"parameter '{item.param_name}'"
         if len(pl.dev_matrix) != 1:
@@ -221,10 +224,12 @@ def _read_protobuf(path, data):
 
 
 def _read_json(path, data):
+    from .safeio import parse_json
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise CheckpointError(path, f"strategy file is not valid JSON ({err})") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CheckpointError(path, "strategy file is not valid UTF-8", err.start) from None
+    doc = parse_json(text, path, what="strategy file")
     items = doc.get("parallel_layout_item") if isinstance(doc, dict) else None
     if not isinstance(items, dict):
         raise CheckpointError(path, "JSON strategy has no 'parallel_layout_item' object")
@@ -249,6 +254,9 @@ def _read_json(path, data):
     return _layouts(path, stage, raw)
 
 
+MAX_DEVICES = 1 << 20      # devices per pipeline stage; loops and tables are sized by it
+
+
 def _is_int(v):
     return type(v) is int
 
@@ -265,6 +273,8 @@ def _layouts(path, stage, raw):
             param_stage, name, prefixed = int(m.group(1)), m.group(2), True
         if not (isinstance(dev, list) and dev and all(_is_int(d) and d > 0 for d in dev)):
             raise CheckpointError(path, f"{where}: bad dev_matrix {dev!r}")
+        if prod(dev) > MAX_DEVICES:
+            raise CheckpointError(path, f"{where}: dev_matrix {dev} means {prod(dev)} devices (at most {MAX_DEVICES})")
         if not isinstance(tensor_map, list):
             raise CheckpointError(path, f"{where}: bad tensor_map {tensor_map!r}")
         axes = []

@@ -16,7 +16,7 @@ _MAX_DIMS = 32          # numpy's limit; MindSpore tensors have at most 8
 _MAX_SMALL_FIELD = 1 << 20   # a tag or type name longer than 1 MiB is corruption, not a name
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     """One ``Checkpoint.Value`` record: its tag and where its pieces are."""
     offset: int                 # byte offset of the record's key in the file

@@ -10,11 +10,12 @@ TOKENIZER = LLAMA / "tokenizer" / "tokenizer.model"
 sys.path.insert(0, str(TESTS))     # the llama.cpp oracle helper (tests/llamacpp.py)
 
 
-def convert(ckpt, out, *options, map_name="llama2", tokenizer=TOKENIZER):
-    """Run the converter in-process like the CLI does; returns the exit status."""
+def convert(ckpt, out, *options, map_name="llama2", tokenizer=TOKENIZER, quiet=True):
+    """Run the converter in-process like the CLI does; returns the exit status. ``quiet``: -q (errors only)."""
     from gguf_out.cli import main
 
-    args = [str(ckpt), map_name, str(out), "--tokenizer", str(tokenizer), "-q", *map(str, options)]
+    args = [str(ckpt), map_name, str(out), "--tokenizer", str(tokenizer), *(["-q"] if quiet else []),
+            *map(str, options)]
     return main(args)
 
 

@@ -46,6 +46,21 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 
+# DeepSeek-V3's tokenizer.json: three Split pre-tokenizers (numbers in threes, CJK runs, then words / punctuation /
+# spaces), as llama.cpp's "deepseek-v3" pre-tokenizer (llama-vocab.cpp LLAMA_VOCAB_PRE_TYPE_DEEPSEEK3_LLM)
+DEEPSEEK3_SPLITS = [r"\p{N}{1,3}", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+                    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+|"
+                    r" ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"]
+# DeepSeek-V3's special tokens: bos / eos / pad first (ids 0-2, before the BPE vocabulary), the chat and tool markers
+# after it (its tokenizer.json keeps 800 place holders between; a tiny vocabulary leaves them out)
+DEEPSEEK3_LEAD = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"]
+DEEPSEEK3_SPECIALS = [(t, True) for t in (
+    "<｜fim▁hole｜>", "<｜fim▁begin｜>", "<｜fim▁end｜>")] + [(t, False) for t in (
+    "<｜User｜>", "<｜Assistant｜>")] + [(t, True) for t in (
+    "<|EOT|>", "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>",
+    "<｜tool▁outputs▁begin｜>", "<｜tool▁outputs▁end｜>", "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>",
+    "<｜tool▁sep｜>")]
+
 # Meta's Llama 3 special tokens (llama3 tokenizer.py, MindFormers research/llama3/llama3_tokenizer.py): ids from 128000
 LLAMA3_SPECIALS = [
     "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
@@ -70,6 +85,9 @@ CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n
 LLAMA3_CHAT = ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
                "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
                "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+# DeepSeek-V3's published chat template (its tokenizer_config.json), as MindFormers r1.8.0 ships it in
+# research/deepseek3/deepseek3_671b/predict_deepseek3_671b.yaml (processor.tokenizer.chat_template)
+DEEPSEEK3_CHAT = "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}{% set ns = namespace(is_first=false, is_tool=false, is_output_first=true, system_prompt='', is_first_sp=true) %}{%- for message in messages %}{%- if message['role'] == 'system' %}{%- if ns.is_first_sp %}{% set ns.system_prompt = ns.system_prompt + message['content'] %}{% set ns.is_first_sp = false %}{%- else %}{% set ns.system_prompt = ns.system_prompt + '\n\n' + message['content'] %}{%- endif %}{%- endif %}{%- endfor %}{{bos_token}}{{ns.system_prompt}}{%- for message in messages %}{%- if message['role'] == 'user' %}{%- set ns.is_tool = false -%}{{'<｜User｜>' + message['content']}}{%- endif %}{%- if message['role'] == 'assistant' and message['content'] is none %}{%- set ns.is_tool = false -%}{%- for tool in message['tool_calls']%}{%- if not ns.is_first %}{{'<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}{%- set ns.is_first = true -%}{%- else %}{{'\n' + '<｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}{{'<｜tool▁calls▁end｜><｜end▁of▁sentence｜>'}}{%- endif %}{%- endfor %}{%- endif %}{%- if message['role'] == 'assistant' and message['content'] is not none %}{%- if ns.is_tool %}{{'<｜tool▁outputs▁end｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}{%- set ns.is_tool = false -%}{%- else %}{{'<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}{%- endif %}{%- endif %}{%- if message['role'] == 'tool' %}{%- set ns.is_tool = true -%}{%- if ns.is_output_first %}{{'<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}{%- set ns.is_output_first = false %}{%- else %}{{'\n<｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}{%- endif %}{%- endif %}{%- endfor -%}{% if ns.is_tool %}{{'<｜tool▁outputs▁end｜>'}}{% endif %}{% if add_generation_prompt and not ns.is_tool %}{{'<｜Assistant｜>'}}{% endif %}"
 GLM4_CHAT = ("[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{% endfor %}"
              "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
@@ -85,6 +103,11 @@ FAMILIES = {
                  specials=GLM4_SPECIALS, bos="[gMASK]", eos="<|endoftext|>", eot="<|user|>", pad="<|endoftext|>",
                  add_bos=False, prefix=("[gMASK]", "<sop>"), config_bos=None, tiktoken_name="tokenizer.model",
                  chat=GLM4_CHAT),
+    # DeepSeek-V3: bos/eos/pad before the vocabulary, <｜User｜> / <｜Assistant｜> not special (as its tokenizer.json)
+    "deepseek3": dict(pre="deepseek-v3", splits=DEEPSEEK3_SPLITS, ignore_merges=False, nfc=False, vocab_size=480,
+                      lead=DEEPSEEK3_LEAD, specials=DEEPSEEK3_SPECIALS, bos="<｜begin▁of▁sentence｜>",
+                      eos="<｜end▁of▁sentence｜>", eot=None, pad="<｜▁pad▁｜>", add_bos=True, tiktoken_name=None,
+                      chat=DEEPSEEK3_CHAT),
 }
 
 MULTILINGUAL = """
@@ -137,6 +160,12 @@ SPECIAL_STRINGS = {
         "<|fim_prefix|>def f():<|fim_suffix|>\n<|fim_middle|>",
         "text<|endoftext|>",
     ],
+    "deepseek3": [
+        "<｜begin▁of▁sentence｜>You are helpful.<｜User｜>Hi there!<｜Assistant｜>Hello.<｜end▁of▁sentence｜>",
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{}\n```<｜tool▁call▁end｜>",
+        "<｜fim▁begin｜>def f():<｜fim▁hole｜>\n<｜fim▁end｜>",
+        "日本語のテキストと中文混合 123456 ＡＢＣ",
+    ],
     "glm4": [
         "[gMASK]<sop><|system|>\nYou are helpful.<|user|>\nHi there!<|assistant|>\n",
         "<|observation|>x<|endoftext|>[MASK]<eop>",
@@ -158,11 +187,13 @@ def train(spec):
     if spec["nfc"]:
         tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(spec["split"]), behavior="isolated", invert=False),
+        *(pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False)
+          for split in spec.get("splits", [spec.get("split")])),
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
+    lead = [AddedToken(text, special=True, normalized=False) for text in spec.get("lead", [])]
     trainer = trainers.BpeTrainer(vocab_size=spec["vocab_size"], min_frequency=2, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=lead)
     tok.train_from_iterator(corpus(), trainer)
     base = tok.get_vocab_size()
     tok.add_tokens([AddedToken(text, special=special, normalized=False) for text, special in spec["specials"]])
@@ -200,7 +231,7 @@ def gpt2_byte_table():
 def write_family(name, spec):
     folder = OUT / name
     shutil.rmtree(folder, ignore_errors=True)
-    for sub in ("hf", "vocab", "tiktoken"):
+    for sub in ("hf", "vocab") + (("tiktoken",) if spec["tiktoken_name"] else ()):
         (folder / sub).mkdir(parents=True)
     tok, base = train(spec)
     model = json.loads(tok.to_str())
@@ -208,8 +239,10 @@ def write_family(name, spec):
     specials = [(base + i, text, special) for i, (text, special) in enumerate(spec["specials"])]
     for token_id, text, _ in specials:
         assert tok.token_to_id(text) == token_id, (text, token_id)
+    lead = [(k, text, True) for k, text in enumerate(spec.get("lead", []))]     # before the vocabulary
+    for token_id, text, _ in lead:
+        assert tok.token_to_id(text) == token_id, (text, token_id)
 
-    roles = {role: spec[role] for role in ("bos", "eos", "eot", "pad") if spec[role]}
     short_config = {"bos_token": spec.get("config_bos", spec["bos"]), "eos_token": spec["eos"], "chat_template": spec["chat"],
                     "tokenizer_class": "PreTrainedTokenizerFast"}
     if spec["pad"]:
@@ -220,10 +253,15 @@ def write_family(name, spec):
     tok.model.save(str(folder / "vocab"))
     full_config = dict(short_config, add_bos_token=spec["add_bos"], added_tokens_decoder={
         str(token_id): {"content": text, "lstrip": False, "normalized": False, "rstrip": False,
-                        "single_word": False, "special": special} for token_id, text, special in specials})
+                        "single_word": False, "special": special} for token_id, text, special in lead + specials})
     (folder / "vocab" / "tokenizer_config.json").write_text(json.dumps(full_config, ensure_ascii=False),
                                                             encoding="utf-8")
 
+    strings = STRINGS + SPECIAL_STRINGS[name]
+    if not spec["tiktoken_name"]:    # shipped as tokenizer.json only (several split regexes: no tiktoken form)
+        by_tokenizers = [tok.encode(s).ids for s in strings]
+        write_expected(folder, name, spec, tok, model, base, lead + specials, strings, by_tokenizers, None, [])
+        return
     to_byte = gpt2_byte_table()
     ranks = {bytes(to_byte[c] for c in text): token_id for text, token_id in tok.get_vocab(False).items()}
     assert len(ranks) == base
@@ -233,7 +271,6 @@ def write_family(name, spec):
     # tiktoken has no NFC step; the test strings are NFC already, so both tokenizers see the same text
     encoding = tiktoken.Encoding(name, pat_str=spec["split"], mergeable_ranks=ranks,
                                  special_tokens={text: token_id for token_id, text, _ in specials})
-    strings = STRINGS + SPECIAL_STRINGS[name]
     prefix = [tok.token_to_id(t) for t in spec.get("prefix", ())]
     by_tokenizers = [tok.encode(s, add_special_tokens=not prefix).ids for s in strings]
     if prefix:      # what the tokenizer adds itself, which llama.cpp leaves to the chat template
@@ -244,14 +281,20 @@ def write_family(name, spec):
     assert not differ, f"{name}: tokenizers and tiktoken disagree on {differ}"
     if name == "glm4":
         check_with_mindformers(folder / "tiktoken" / spec["tiktoken_name"], STRINGS, by_tiktoken[:len(STRINGS)])
+    write_expected(folder, name, spec, tok, model, base, specials, strings, by_tokenizers, by_tiktoken, prefix)
+
+
+def write_expected(folder, name, spec, tok, model, base, specials, strings, by_tokenizers, by_tiktoken, prefix):
+    roles = {role: spec[role] for role in ("bos", "eos", "eot", "pad") if spec[role]}
+    after = sum(1 for token_id, _, _ in specials if token_id >= base)
     expected = {
-        "family": name, "pre": spec["pre"], "base_vocab": base, "n_tokens": base + len(specials),
+        "family": name, "pre": spec["pre"], "base_vocab": base, "n_tokens": base + after,
         "n_merges": len(model["model"]["merges"]), "add_bos": spec["add_bos"],
         **({"prefix": prefix} if prefix else {}),
         "roles": {role: tok.token_to_id(text) for role, text in roles.items()},
         "specials": [[token_id, text, special] for token_id, text, special in specials],
         "strings": strings, "tokenizers": by_tokenizers, "tiktoken": by_tiktoken,
-        "generator": "tests/gen_bpe_fixtures.py (tokenizers + tiktoken)",
+        "generator": "tests/gen_bpe_fixtures.py (tokenizers" + (" + tiktoken)" if by_tiktoken else ")"),
     }
     body = ",\n".join(f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in expected.items())
     (folder / "expected.json").write_text("{\n" + body + "\n}\n", encoding="utf-8")

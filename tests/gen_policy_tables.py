@@ -8,13 +8,14 @@ heads, experts), so the truth is produced once on small synthetic models with re
 * mixtral - legacy Llama with 8 experts (llama.cpp's n_expert == 8 rules)
 * qwen3moe - mcore Qwen3-MoE with 16 experts (expert tensors, n_expert != 8)
 * deepseek2 - mcore DeepSeek-V3 with MLA (attn_k_b / attn_v_b), a leading dense layer, 8 experts and a shared one
+  (tests/gen_quant_tables.py needs the gguf package in the llama-cpp-python venv too)
 
 Each is written as a MindSpore checkpoint by our own record writer (values do not matter), converted to F16 by
 ms2gguf, then quantized by llama.cpp's ``llama_model_quantize`` for every preset (tests/gen_quant_tables.py, in a
 venv with llama-cpp-python built from its sdist: run it with --lcpp-python). A table holds the tensors (name,
 numpy shape), the hyperparameters and {preset: {tensor: type}}; tests/test_quant_policy.py compares.
 
-    python tests/gen_policy_tables.py [--lcpp-python /work/venv-lcpp/bin/python]
+    python tests/gen_policy_tables.py [--lcpp-python /work/venv-lcpp/bin/python] [MODEL ...]
 """
 
 from __future__ import annotations
@@ -141,8 +142,10 @@ def build(name, m, work):
                                        for k, s in shapes.items()])
     config_name, text = config_of(name, m)
     (folder / config_name).write_text(text)
-    tokenizer = (FIXTURES / "llama" / "tokenizer" / "tokenizer.model" if m["family"] in ("llama2", "mixtral")
-                 else FIXTURES / "qwen2" / "tokenizer" / "tokenizer.json")
+    tokenizer = {"llama2": FIXTURES / "llama" / "tokenizer" / "tokenizer.model",
+                 "mixtral": FIXTURES / "llama" / "tokenizer" / "tokenizer.model",
+                 "deepseek3": FIXTURES / "bpe" / "deepseek3" / "hf" / "tokenizer.json"}.get(
+        m["family"], FIXTURES / "qwen2" / "tokenizer" / "tokenizer.json")
     gguf = folder / "model-f16.gguf"
     assert ms2gguf([str(folder / "model.ckpt"), m["family"], str(gguf), "--tokenizer", str(tokenizer), "-q"]) == 0
     return gguf
@@ -152,13 +155,20 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lcpp-python", default="/work/venv-lcpp/bin/python",
                     help="python of a venv with llama-cpp-python (default: %(default)s)")
+    ap.add_argument("models", nargs="*", help=f"tables to write: {', '.join(MODELS)} (default: all)")
     args = ap.parse_args(argv)
     from gguf import GGUFReader
+
+    unknown = set(args.models) - set(MODELS)
+    if unknown:
+        ap.error(f"unknown models {sorted(unknown)}")
 
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name, m in MODELS.items():
+            if args.models and name not in args.models:
+                continue
             gguf = build(name, m, work)
             table = work / f"{name}.json"
             subprocess.run([args.lcpp_python, str(HERE / "gen_quant_tables.py"), str(gguf), "--presets",

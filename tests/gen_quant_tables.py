@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import math
 import struct
 import sys
 import tempfile
@@ -67,7 +68,8 @@ def load_imatrix(path) -> Imatrix:
         per_expert = sums.reshape(len(counts), -1)
         out = np.empty_like(per_expert)
         for j, c in enumerate(counts):
-            count = np.float32(round(float(c)))            # std::lround, then (float)
+            count = np.float32(math.copysign(math.floor(abs(float(c)) + 0.5), float(c)))   # std::lround (halves
+            # away from zero; Python's round() would round them to even), then (float)
             out[j] = per_expert[j] / count if count > 0 else np.float32(1.0)
         weights[name] = out.reshape(-1)
     return Imatrix(weights, datasets, chunk_count)

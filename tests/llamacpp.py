@@ -122,6 +122,9 @@ def library() -> ctypes.CDLL:
     _declare(lib, "llama_model_free", None, p)
     _declare(lib, "llama_n_ctx", ctypes.c_uint32, p)
     _declare(lib, "llama_n_batch", ctypes.c_uint32, p)
+    # LoRA adapters (freed with their model)
+    _declare(lib, "llama_adapter_lora_init", p, p, c_char_p)
+    _declare(lib, "llama_set_adapters_lora", c_int32, p, ctypes.POINTER(p), c_size_t, ctypes.POINTER(ctypes.c_float))
     # vocabulary
     _declare(lib, "llama_model_get_vocab", p, p)
     _declare(lib, "llama_vocab_n_tokens", c_int32, p)
@@ -225,7 +228,8 @@ class LlamaModel:
     ...     logits = m.logits(ids)      # float32 [len(ids), n_vocab], raw logits of every position
     """
 
-    def __init__(self, path, n_ctx: int = 256, exact: bool = True):
+    def __init__(self, path, n_ctx: int = 256, exact: bool = True, lora=None, lora_scale: float = 1.0):
+        """``lora``: a LoRA adapter GGUF applied with ``lora_scale`` (llama.cpp's --lora / --lora-scaled)."""
         self._lib = lib = library()
         self._model = None
         self._ctx = None
@@ -237,6 +241,16 @@ class LlamaModel:
         if not self._ctx:
             self.close()
             raise RuntimeError(f"llama.cpp failed to create a context for {self.path!r}")
+        if lora is not None:
+            adapter = lib.llama_adapter_lora_init(self._model, str(lora).encode())
+            if not adapter:
+                self.close()
+                raise RuntimeError(f"llama.cpp failed to load the LoRA adapter {str(lora)!r} for {self.path!r}")
+            adapters = (ctypes.c_void_p * 1)(adapter)
+            scales = (ctypes.c_float * 1)(lora_scale)
+            if lib.llama_set_adapters_lora(self._ctx, adapters, 1, scales) != 0:
+                self.close()
+                raise RuntimeError(f"llama.cpp refused the LoRA adapter {str(lora)!r}")
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.n_vocab: int = lib.llama_vocab_n_tokens(self._vocab)
         self.n_ctx: int = lib.llama_n_ctx(self._ctx)  # llama.cpp may round the requested size up (to 256)
@@ -367,9 +381,10 @@ def row_size(ggml_type: int, n: int) -> int:
     return int(library().ggml_row_size(int(ggml_type), int(n)))
 
 
-def quantize_chunk(ggml_type: int, data: np.ndarray) -> bytes:
-    """Quantize float32 rows ``[nrows, n_per_row]`` with ggml's reference quantizer (``ggml_quantize_chunk``, no
-    importance matrix). Returns ``nrows * row_size(ggml_type, n_per_row)`` bytes."""
+def quantize_chunk(ggml_type: int, data: np.ndarray, quant_weights=None) -> bytes:
+    """Quantize float32 rows ``[nrows, n_per_row]`` with ggml's quantizer (``ggml_quantize_chunk``): the reference
+    path without ``quant_weights``, else the importance-weighted one (float32 ``[n_per_row]``, ggml's ``imatrix``).
+    Returns ``nrows * row_size(ggml_type, n_per_row)`` bytes."""
     lib = library()
     ggml_type = int(ggml_type)
     data = np.ascontiguousarray(data, dtype=np.float32)
@@ -377,13 +392,18 @@ def quantize_chunk(ggml_type: int, data: np.ndarray) -> bytes:
         raise ValueError(f"expected a 2-D [nrows, n_per_row] array, got shape {data.shape}")
     nrows, n_per_row = data.shape
     # ggml aborts the whole process on these, so check first
-    if lib.ggml_quantize_requires_imatrix(ggml_type):
+    if quant_weights is not None:
+        quant_weights = np.ascontiguousarray(quant_weights, dtype=np.float32).reshape(-1)
+        if quant_weights.size != n_per_row:
+            raise ValueError(f"quant_weights has {quant_weights.size} values, expected {n_per_row}")
+    elif lib.ggml_quantize_requires_imatrix(ggml_type):
         raise ValueError(f"ggml type {ggml_type} cannot be quantized without an importance matrix")
     block = lib.ggml_blck_size(ggml_type)
     if block <= 0 or n_per_row % block:
         raise ValueError(f"row length {n_per_row} is not a multiple of the block size {block} of ggml type {ggml_type}")
     out = ctypes.create_string_buffer(nrows * row_size(ggml_type, n_per_row))
-    written = lib.ggml_quantize_chunk(ggml_type, data.ctypes.data, out, 0, nrows, n_per_row, None)
+    imatrix = None if quant_weights is None else quant_weights.ctypes.data
+    written = lib.ggml_quantize_chunk(ggml_type, data.ctypes.data, out, 0, nrows, n_per_row, imatrix)
     if written != len(out):
         raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {len(out)}")
     return out.raw

@@ -17,6 +17,7 @@ from msckpt import open_checkpoint
 
 LLAMA_SPM = FIXTURES / "llama" / "tokenizer" / "tokenizer.model"
 QWEN_BPE = FIXTURES / "qwen2" / "tokenizer" / "tokenizer.json"
+DEEPSEEK_BPE = FIXTURES / "bpe" / "deepseek3" / "hf" / "tokenizer.json"
 GLM4_BPE = FIXTURES / "bpe" / "glm4" / "hf" / "tokenizer.json"
 GLM4_TIKTOKEN = FIXTURES / "bpe" / "glm4" / "tiktoken" / "tokenizer.model"
 CHATGLM3_SPM = FIXTURES / "chatglm" / "tokenizer" / "tokenizer.model"
@@ -46,9 +47,15 @@ CASES = {
     "qwen3_moe/infer/model.ckpt": (QWEN_BPE, "qwen3_moe"),
     "mixtral/bmm_scaled/model.ckpt": (LLAMA_SPM, "mixtral"),
     "mixtral/gmm/model.ckpt": (LLAMA_SPM, "mixtral"),
-    "deepseek3/train/model.ckpt": (QWEN_BPE, "deepseek3"),
-    "deepseek3/concat/model.ckpt": (QWEN_BPE, "deepseek3"),
-    "deepseek3/noq/model.ckpt": (QWEN_BPE, "deepseek3"),
+    "deepseek3/train/model.ckpt": (DEEPSEEK_BPE, "deepseek3"),
+    "deepseek3/concat/model.ckpt": (DEEPSEEK_BPE, "deepseek3"),
+    "deepseek3/noq/model.ckpt": (DEEPSEEK_BPE, "deepseek3"),
+    "deepseek3/legacy_train/model.ckpt": (DEEPSEEK_BPE, "deepseek3"),
+    "deepseek3/legacy_gmm/model.ckpt": (DEEPSEEK_BPE, "deepseek3"),
+    "deepseek3/legacy_infer/model.ckpt": (DEEPSEEK_BPE, "deepseek3"),
+    "lora/unfused/model.ckpt": (LLAMA_SPM, "llama2"),          # base weights + LoRA: chosen by the base weights
+    "lora/fused/model.ckpt": (LLAMA_SPM, "llama2"),
+    "lora/mcore/model.ckpt": (QWEN_BPE, "qwen3"),
 }
 
 

@@ -27,7 +27,7 @@ HAVE_LLAMACPP = importlib.util.find_spec("xllamacpp") is not None
 needs_llamacpp = pytest.mark.skipif(not HAVE_LLAMACPP, reason="xllamacpp (test extra) is not installed")
 
 BPE = FIXTURES / "bpe"
-FAMILIES = ("llama3", "qwen2", "glm4")
+FAMILIES = ("llama3", "qwen2", "glm4", "deepseek3")
 TIKTOKEN = {"llama3": "tiktoken/tokenizer.model", "qwen2": "tiktoken/qwen.tiktoken", "glm4": "tiktoken/tokenizer.model"}
 
 # the families' tokenizer entries as a map writes them (the Llama 3 list in its compact range form)
@@ -54,6 +54,8 @@ MAP_TOKENIZER = {
                    "<|begin_of_video|>", "<|end_of_video|>"],
         "bos": "[gMASK]", "eos": "<|endoftext|>", "eot": "<|user|>", "pad": "<|endoftext|>", "add_bos": False,
         "prefix": ["[gMASK]", "<sop>"]}},
+    "deepseek3": {"tokenizer_pre": "deepseek-v3", "tokenizer_specials": {
+        "bos": "<｜begin▁of▁sentence｜>", "eos": "<｜end▁of▁sentence｜>", "pad": "<｜▁pad▁｜>", "add_bos": True}},
 }
 
 
@@ -139,8 +141,8 @@ def mismatches(got, want, strings):
 
 
 @needs_llamacpp
-@pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family,form", [(f, form) for f in FAMILIES for form in FORMS
+                                         if form != "tiktoken" or f in TIKTOKEN])     # DeepSeek: tokenizer.json
 def test_llamacpp_tokenizes_like_tokenizers(family, form, tmp_path):
     exp = expected(family)
     vocab = load_tokenizer(FORMS[form](family, tmp_path), family_map(family))
@@ -155,7 +157,7 @@ def test_llamacpp_tokenizes_like_tokenizers(family, form, tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_gguf_metadata_as_llamacpp_reads_it(family, tmp_path):
     exp = expected(family)
-    vocab = load_tokenizer(BPE / family / TIKTOKEN[family], family_map(family))
+    vocab = load_tokenizer(BPE / family / TIKTOKEN.get(family, "hf/tokenizer.json"), family_map(family))
     path = write_tiny_gguf(tmp_path / "tiny.gguf", vocab, rows=exp["n_tokens"] + 5)
     from llamacpp import LlamaModel
     specials = MAP_TOKENIZER[family]["tokenizer_specials"]
@@ -165,8 +167,8 @@ def test_gguf_metadata_as_llamacpp_reads_it(family, tmp_path):
         assert model.meta("tokenizer.ggml.model") == "gpt2"
         assert model.meta("tokenizer.ggml.pre") == exp["pre"]
         assert model.meta("tokenizer.ggml.add_bos_token") == str(exp["add_bos"]).lower()
-        for role in ("bos", "eos", "eot"):
-            assert model.meta(f"tokenizer.ggml.{role}_token_id") == str(index[specials[role]])
+        for role in ("bos", "eos", "eot") if family != "deepseek3" else ("bos", "eos", "padding"):
+            assert model.meta(f"tokenizer.ggml.{role}_token_id") == str(index[specials[role[:3]]])
         # special tokens render as their text, byte-level tokens as their bytes
         assert model.token_to_piece(exp["specials"][0][0]) == exp["specials"][0][1].encode()
         last = exp["base_vocab"] - 1
@@ -185,6 +187,16 @@ def test_wrong_pre_tokenizer_changes_tokenization(tmp_path):
     got = llama_tokens(write_tiny_gguf(tmp_path / "wrong_pre.gguf", vocab), exp["strings"])
     wrong = {s for s, _, _ in mismatches(got, exp["tokenizers"], exp["strings"])}
     assert "1234567890" in wrong
+
+
+@needs_llamacpp
+def test_deepseek3_needs_its_own_pre_tokenizer(tmp_path):
+    """DeepSeek-V3 splits CJK runs and digit groups apart from words; read with Qwen2's pre-tokenizer they differ."""
+    exp = expected("deepseek3")
+    vocab = load_tokenizer(BPE / "deepseek3" / "hf", family_map("deepseek3", tokenizer_pre="qwen2"))
+    got = llama_tokens(write_tiny_gguf(tmp_path / "wrong_pre.gguf", vocab), exp["strings"])
+    wrong = {s for s, _, _ in mismatches(got, exp["tokenizers"], exp["strings"])}
+    assert {"1234567890", "日本語のテキストと中文混合 123456 ＡＢＣ"} & wrong
 
 
 @needs_llamacpp
@@ -232,7 +244,7 @@ def test_find_tokenizer_prefers_the_kind_of_the_map(tmp_path):
 # merges from tiktoken ranks
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TIKTOKEN)
 def test_merges_from_ranks_equal_the_trained_merges(family):
     """The merges derived from the rank file are exactly the trainer's, in order."""
     trained = json.loads((BPE / family / "hf" / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"]
@@ -332,7 +344,7 @@ PRE_NAMES = {"glm4": {"chatglm-bpe": "chatglm-bpe", "glm4": "glm4"}}
 
 
 @pytest.mark.parametrize("name,family", [("llama3", "llama3"), ("qwen2", "qwen2"), ("qwen3", "qwen2"),
-                                         ("chatglm", "glm4"), ("glm4", "glm4")])
+                                         ("chatglm", "glm4"), ("glm4", "glm4"), ("deepseek3", "deepseek3")])
 def test_bundled_map_matches_the_family(name, family):
     """When the bundled family map exists, its tokenizer entries agree with the family's real special tokens."""
     path = maps_dir() / f"{name}.json"
@@ -427,7 +439,7 @@ def test_malformed_vocab_and_merges(tmp_path):
     (folder / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {"x": {}}}))
     (folder / "vocab.json").write_text(json.dumps({"a": 0}))
     (folder / "merges.txt").write_text("")
-    with pytest.raises(ConvertError, match="malformed added_tokens_decoder entry 'x'"):
+    with pytest.raises(ConvertError, match="added_tokens_decoder id 'x' is not an integer"):
         load_tokenizer(folder / "vocab.json", family_map("qwen2"))
 
 

@@ -221,7 +221,7 @@ def test_sliding_window_is_ignored_with_a_warning(tmp_path, capsys):
     config.update(use_sliding_window=True, sliding_window=16)
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert convert(QWEN3 / "tied" / "model.ckpt", tmp_path / "o.gguf", "--config", tmp_path / "config.json",
-                   map_name="qwen3", tokenizer=QWEN_TOKENIZER) == 0
+                   map_name="qwen3", tokenizer=QWEN_TOKENIZER, quiet=False) == 0
     assert "sliding-window attention (sliding_window 16) is ignored" in capsys.readouterr().err
 
 

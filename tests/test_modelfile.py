@@ -96,7 +96,7 @@ def test_unrecognised_template_gives_no_template_and_a_warning(tmp_path, capsys)
     template.write_text("{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}\n\n{% endfor %}"
                         "### assistant:\n")
     out = tmp_path / "m.gguf"
-    assert convert(MHA, out, "--modelfile", "--chat-template", template) == 0
+    assert convert(MHA, out, "--modelfile", "--chat-template", template, quiet=False) == 0
     commands = read_modelfile(tmp_path / "m.Modelfile")
     assert values(commands, "template") == [] and values(commands, "parameter stop") == ["</s>"]
     err = capsys.readouterr().err
@@ -105,7 +105,7 @@ def test_unrecognised_template_gives_no_template_and_a_warning(tmp_path, capsys)
 
 def test_no_chat_template_at_all(tmp_path, capsys):
     out = tmp_path / "m.gguf"
-    assert convert(MHA, out, "--modelfile", "--chat-template", "none") == 0
+    assert convert(MHA, out, "--modelfile", "--chat-template", "none", quiet=False) == 0
     assert values(read_modelfile(tmp_path / "m.Modelfile"), "template") == []
     assert "no TEMPLATE: there is no chat template" in capsys.readouterr().err
 

@@ -327,6 +327,31 @@ def test_legacy_presets_use_one_type(name, qtype):
     assert got["blk.0.attn_norm.weight"] == T.F32
 
 
+@pytest.mark.parametrize("name,base,first", [("q4_0", T.Q4_0, T.Q4_1), ("q5_0", T.Q5_0, T.Q5_1),
+                                              ("q4_1", T.Q4_1, T.Q4_1), ("q5_1", T.Q5_1, T.Q5_1)])
+def test_legacy_presets_with_imatrix_follow_llama_quantize(name, base, first):
+    """With an importance matrix the single-type presets take llama-quantize's choices: output Q6_K, and for
+    Q4_0 / Q5_0 the ffn_down of the first 32/8 = 4 layers Q4_1 / Q5_1 (a rule that needs the matrix)."""
+    got = dict(zip([n for n, _ in LLAMA2_7B],
+                   [t for t, _ in assign_types(LLAMA2_7B, preset(name), **LLAMA2_MODEL, has_imatrix=True)]))
+    assert got["output.weight"] == T.Q6_K and got["token_embd.weight"] == base
+    assert [got[f"blk.{i}.ffn_down.weight"] for i in (0, 3, 4, 31)] == [first, first, base, base]
+    assert got["blk.0.attn_v.weight"] == got["blk.0.attn_q.weight"] == base
+    assert got["blk.0.attn_norm.weight"] == T.F32
+
+
+def test_imatrix_changes_no_k_quant_choice():
+    for name in K_PRESETS:
+        assert types(LLAMA2_7B, name, **LLAMA2_MODEL) == \
+            [t for t, _ in assign_types(LLAMA2_7B, preset(name), **LLAMA2_MODEL, has_imatrix=True)]
+
+
+def test_float_presets_ignore_imatrix():
+    for name in ("f32", "f16", "bf16"):
+        assert types(LLAMA2_7B, name, **LLAMA2_MODEL) == \
+            [t for t, _ in assign_types(LLAMA2_7B, preset(name), **LLAMA2_MODEL, has_imatrix=True)]
+
+
 def test_legacy_row_length_fallback_is_f16():
     tensors = [("blk.0.ffn_down.weight", (64, 100)), ("blk.0.ffn_up.weight", (100, 64))]
     got = assign_types(tensors, preset("q8_0"), n_head=1, n_head_kv=1, n_layer=1)
@@ -371,7 +396,7 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 TABLES = sorted((Path(__file__).parent / "fixtures" / "quant_tables").glob("*.json"))
-ARCHS = {"dense": "llama", "mixtral": "llama", "qwen3moe": "qwen3moe"}
+ARCHS = {"dense": "llama", "mixtral": "llama", "qwen3moe": "qwen3moe", "deepseek2": "deepseek2"}
 
 
 def table_case(path):
@@ -401,3 +426,18 @@ def test_the_plan_passes_the_expert_count():
     got = {n: t.name for (n, _), (t, _) in zip(tensors, plan.types("q4_k_m"))}
     assert got == {n: t.upper() for n, t in table["types"]["q4_k_m"].items()}
     assert got["blk.0.attn_v.weight"] == "Q8_0" and got["blk.0.attn_k.weight"] == "Q8_0"
+
+
+def test_deepseek2_table_through_the_plan():
+    """DeepSeek-V3's MLA tensors (attn_k_b rows of 128 fall back, as in the 671B model) and its 8 experts: the plan's
+    hyperparameters give llama-quantize's types; without the expert count attn_output would not be bumped."""
+    from gguf_out.plan import Output, Plan
+
+    table, tensors = table_case(next(p for p in TABLES if p.stem == "deepseek2"))
+    want = {n: t.upper() for n, t in table["types"]["q4_k_m"].items()}
+    for n_expert in (8, 0):
+        hp = {"num_heads": table["hparams"]["nh"], "num_kv_heads": table["hparams"]["nkv"], "n_expert": n_expert}
+        plan = Plan([Output(n, None, s) for n, s in tensors], [], hp, table["hparams"]["layers"], arch="deepseek2")
+        got = {n: t.name for (n, _), (t, _) in zip(tensors, plan.types("q4_k_m"))}
+        assert (got == want) == (n_expert == 8)
+    assert want["blk.1.attn_k_b.weight"] == "Q5_0" and want["blk.1.attn_output.weight"] == "Q5_K"

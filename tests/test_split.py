@@ -245,9 +245,9 @@ def test_a_part_reads_only_its_tensors(tmp_path, monkeypatch):
     seen = []
     real = conversion._write_tensor
 
-    def spy(writers, out, bar, threads):
+    def spy(writers, out, bar, threads, *rest):
         seen.append(out.name)
-        real(writers, out, bar, threads)
+        real(writers, out, bar, threads, *rest)
 
     monkeypatch.setattr(conversion, "_write_tensor", spy)
     assert convert(GQA, tmp_path / "m.gguf", "--split-max-tensors", "8", "--split-part", "2") == 0
@@ -390,7 +390,7 @@ def _froms(modelfile):
 def test_modelfile_of_a_set_names_every_file(tmp_path, capsys):
     out = tmp_path / "out" / "m.gguf"
     out.parent.mkdir()
-    assert convert(GQA, out, "--split-max-tensors", "8", "--modelfile") == 0
+    assert convert(GQA, out, "--split-max-tensors", "8", "--modelfile", quiet=False) == 0     # -q: no warnings
     assert _froms(out.parent / "m.Modelfile") == [f"./{p.name}" for p in _names(out, 3)]
     err = capsys.readouterr().err
     assert "older Ollama versions (before its llama-server engine, 2026-05) cannot import split sets" in err

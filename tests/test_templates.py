@@ -14,11 +14,12 @@ import json
 import re
 
 import pytest
-from conftest import LLAMA, TOKENIZER, convert
+from conftest import FIXTURES, LLAMA, TOKENIZER, convert
 from gguf import GGUFReader
 
 from gguf_out import templates
-from gguf_out.templates import CHATGLM3, CHATML, FORMATS, GLM4, LLAMA2_CHAT, LLAMA3_INSTRUCT, MISTRAL_INSTRUCT
+from gguf_out.templates import (CHATGLM3, CHATML, DEEPSEEK3, FORMATS, GLM4, LLAMA2_CHAT, LLAMA3_INSTRUCT,
+                                 MISTRAL_INSTRUCT)
 
 jinja2 = pytest.importorskip("jinja2")
 from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: E402
@@ -69,11 +70,16 @@ REF_GLM4 = (
     "[gMASK]<sop>{% for item in messages %}{% if item['content'] %}<|{{ item['role'] }}|>{{ item['metadata'] }}\n"
     "{{ item['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
+# DeepSeek-V3's (tokenizer_config.json; the fixture's copy is MindFormers r1.8.0's, predict_deepseek3_671b.yaml)
+REF_DEEPSEEK3 = json.loads((FIXTURES / "bpe" / "deepseek3" / "hf" / "tokenizer_config.json").read_text())[
+    "chat_template"]
+
 # the special tokens each family's tokenizer passes as bos_token / eos_token (GLM's add no BOS: the template has
 # the [gMASK]<sop> prefix)
 SPECIALS = {"llama2-chat": ("<s>", "</s>"), "mistral-instruct": ("<s>", "</s>"),
             "llama3-instruct": ("<|begin_of_text|>", "<|eot_id|>"), "chatml": ("", "<|im_end|>"),
-            "chatglm3": ("", "</s>"), "glm4": ("", "<|endoftext|>")}
+            "chatglm3": ("", "</s>"), "glm4": ("", "<|endoftext|>"),
+            "deepseek3": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>")}
 
 SYSTEM = {"role": "system", "content": "You are a terse assistant."}
 TURNS = [{"role": "user", "content": "Hello, who are you?"},
@@ -91,6 +97,7 @@ CASES = [
     (MISTRAL_INSTRUCT, REF_MISTRAL, ["without system"]),   # v0.1 has no system role
     (CHATGLM3, REF_CHATGLM3, list(CONVERSATIONS)),
     (GLM4, REF_GLM4, list(CONVERSATIONS)),
+    (DEEPSEEK3, REF_DEEPSEEK3, list(CONVERSATIONS)),
 ]
 
 
@@ -149,6 +156,44 @@ def test_glm_formats_render_like_llama_cpp_builtin_templates(fmt):
         assert (theirs.removesuffix("\n") if fmt is GLM4 else theirs) == ours, key
     assert llamacpp.apply_builtin_chat_template("chatglm4", WITH_SYSTEM, True) != \
         llamacpp.apply_builtin_chat_template("chatglm3", WITH_SYSTEM, True)
+
+
+def call(name, arguments):
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+DEEPSEEK_TOOLS = {
+    "two systems": [SYSTEM, {"role": "system", "content": "Answer in French."}] + TURNS,
+    "one call": [SYSTEM, TURNS[0], {"role": "assistant", "content": None, "tool_calls": [call("f", '{"x": 1}')]},
+                 {"role": "tool", "content": "42"}, {"role": "assistant", "content": "It is 42."},
+                 {"role": "user", "content": "Thanks."}],
+    "two calls, two outputs": [TURNS[0], {"role": "assistant", "content": None, "tool_calls": [
+        call("f", "{}"), call("g", '{"y": "z"}')]}, {"role": "tool", "content": "a"}, {"role": "tool", "content": "b"}],
+}
+
+
+def test_deepseek3_renders_tool_use_like_the_published_template():
+    for key, messages in DEEPSEEK_TOOLS.items():
+        for prompt in (True, False):
+            assert hf_render(DEEPSEEK3.jinja, messages, "deepseek3", prompt) == \
+                hf_render(REF_DEEPSEEK3, messages, "deepseek3", prompt), key
+
+
+def test_deepseek3_rendering_in_full():
+    assert hf_render(DEEPSEEK3.jinja, WITH_SYSTEM, "deepseek3") == (
+        "<｜begin▁of▁sentence｜>You are a terse assistant.<｜User｜>Hello, who are you?<｜Assistant｜>I am a model.\n"
+        "How can I help?<｜end▁of▁sentence｜><｜User｜>Name three colours.<｜Assistant｜>")
+    assert hf_render(DEEPSEEK3.jinja, DEEPSEEK_TOOLS["one call"], "deepseek3", False).endswith(
+        "<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{\"x\": 1}\n```"
+        "<｜tool▁call▁end｜><｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>42<｜tool▁output▁end｜>"
+        "<｜tool▁outputs▁end｜>It is 42.<｜end▁of▁sentence｜><｜User｜>Thanks.")
+
+
+def test_deepseek3_tool_comparison_can_fail():
+    """Negative control: a template that closes the tool-output block differently does not pass."""
+    broken = DEEPSEEK3.jinja.replace("'<｜tool▁outputs▁end｜>' if ns.tool", "'<｜Assistant｜>' if ns.tool")
+    assert hf_render(broken, DEEPSEEK_TOOLS["one call"], "deepseek3") != \
+        hf_render(REF_DEEPSEEK3, DEEPSEEK_TOOLS["one call"], "deepseek3")
 
 
 def test_llama2_rendering_in_full():
@@ -341,6 +386,7 @@ def test_recognise_published_templates():
     assert templates.recognise(REF_MISTRAL) is MISTRAL_INSTRUCT
     assert templates.recognise(REF_CHATGLM3) is CHATGLM3
     assert templates.recognise(REF_GLM4) is GLM4
+    assert templates.recognise(REF_DEEPSEEK3) is DEEPSEEK3
     for fmt in FORMATS.values():
         assert templates.recognise(fmt.jinja) is fmt
     assert templates.recognise("{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}") is None
@@ -396,7 +442,7 @@ def test_no_template_without_map_default(tmp_path, bare_tokenizer):
 
 def test_option_by_name_replaces_tokenizer_config(tmp_path, capsys):
     out = tmp_path / "o.gguf"
-    assert convert(MHA, out, "--chat-template", "chatml") == 0
+    assert convert(MHA, out, "--chat-template", "chatml", quiet=False) == 0
     assert chat_template_of(out) == CHATML.jinja
     err = capsys.readouterr().err
     assert "--chat-template chatml replaces the chat template of tokenizer_config.json" in err
@@ -430,7 +476,7 @@ def test_unknown_template_name_is_an_error(tmp_path, capsys):
     assert convert(MHA, out, "--chat-template", "alpaca") == 1
     err = capsys.readouterr().err.strip()
     assert err == ("ms2gguf: error: --chat-template alpaca: neither a built-in template (llama2-chat, "
-                   "llama3-instruct, chatml, mistral-instruct, chatglm3, glm4, none) nor a file")
+                   "llama3-instruct, chatml, mistral-instruct, chatglm3, glm4, deepseek3, none) nor a file")
     assert not out.exists()
 
 

@@ -13,7 +13,6 @@ import math
 import mmap
 import os
 import struct
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 

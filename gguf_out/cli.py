@@ -15,6 +15,7 @@ from msckpt.encryption import MODES
 
 from .errors import ConvertError
 from .output import escape, escape_lines, escaped, write_json
+from .publish import Terminated, outcome, signals_cleaned_up
 
 SUBCOMMANDS = ("inspect", "check", "bulk")
 
@@ -165,14 +166,18 @@ def main(argv=None):
     np.seterr(all="ignore")
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     try:
-        if command:
-            return command(argv[1:])
-        return cmd_convert(argv)
+        with signals_cleaned_up():
+            if command:
+                return command(argv[1:])
+            return cmd_convert(argv)
     except (CheckpointError, ConvertError) as err:
         return error(err)
     except KeyboardInterrupt:
-        print("ms2gguf: interrupted", file=sys.stderr)
+        print(f"ms2gguf: interrupted; {outcome()}", file=sys.stderr)
         return 130
+    except Terminated as stop:
+        print(f"ms2gguf: stopped by {stop.name}; {outcome()}", file=sys.stderr)
+        return 128 + stop.signum
     except BrokenPipeError:
         return 1
     except OSError as err:

@@ -1,9 +1,9 @@
-"""``ms2gguf CKPT MAP OUT``: plan, then stream every tensor into a temporary GGUF, then rename it into place.
+"""``ms2gguf CKPT MAP OUT``: plan, then stream every tensor into a temporary GGUF, then publish it (publish.py).
 
 An output may be a split set (``--split-max-size`` / ``--split-max-tensors``, gguf_out/split.py); with
 ``--split-part K`` only split K of each set is written, reading only the tensors it holds. The temporary files and
-their publishing are the small functions ``_temp_output``, ``_publish`` and ``_discard``: a set is published all
-together or not at all.
+their publishing are the small functions ``_temp_output``, ``_publish`` and ``_discard`` over publish.py: a set
+(with its Modelfile) is published all together or not at all.
 """
 
 import argparse
@@ -11,16 +11,16 @@ import contextlib
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gguf import GGMLQuantizationType, Keys
+from gguf import GGMLQuantizationType
 
 from msckpt import open_checkpoint
 
-from . import check, detect, hparams, lora, metadata, modelfile, quant_policy, split, templates, weighted
+from . import adapter, check, detect, hparams, lora, metadata, modelfile, publish, quant_policy, split, templates
+from . import weighted
 from . import imatrix as imatrix_mod
 from . import plan as planning
 from . import vocab as vocabulary
@@ -31,7 +31,7 @@ from .finite import ValueCheck
 from .maps import bundled_names, load_map
 from .output import escape, progress
 from .report import human_bytes
-from .writer import KV, GGUFWriter, TensorInfo
+from .writer import GGUFWriter, TensorInfo
 
 
 def build_parser():
@@ -117,7 +117,8 @@ def build_parser():
                    "(implies --modelfile; without ollama on PATH, prints the command)")
     p.add_argument("--system", metavar="TEXT", help="default system prompt (SYSTEM) for the Modelfile "
                    "(implies --modelfile)")
-    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--force", action="store_true", help="replace OUT (and its Modelfile) if it exists; an input "
+                   "is never replaced")
     p.add_argument("--dry-run", action="store_true", help="print the plan (each tensor's name, shape, type) and "
                    "write nothing")
     p.add_argument("--verify-crc", action="store_true", help="check the checkpoint's CRC before converting")
@@ -229,22 +230,24 @@ def run(args):
         raise ConvertError("--ollama needs the whole split set: write the parts, then run 'ollama create' with the "
                            "Modelfile part 1 writes (--modelfile)")
     planning_only = getattr(args, "plan_only", False)
-    if not args.dry_run and not planning_only:
-        for out_path in out_paths:
-            if out_path.is_dir():
-                raise ConvertError(f"{out_path}: is a directory")
-            if not out_path.resolve().parent.is_dir():
-                raise ConvertError(f"{out_path}: the directory {out_path.resolve().parent} does not exist")
-            if args.split_part in (None, 1):
-                modelfile.check_options(args, out_path)
-        if args.ollama is not None and len(out_paths) > 1:
-            raise ConvertError("--ollama creates one model: give a single --outtype")
+    writing = not args.dry_run and not planning_only
+    splitting = bool(args.split_max_size or args.split_max_tensors)
     fmap = None if args.map == "auto" else load_map(args.map)
     config_path = Path(args.config) if args.config else hparams.find_config(args.ckpt)
     if config_path is None and args.base:
         config_path = hparams.find_config(args.base)
     if config_path is None:
         raise ConvertError(f"{args.ckpt}: no config.yaml / config.json beside the checkpoint; pass --config")
+    if writing:
+        _refuse_inputs(args, out_paths + _modelfile_paths(args, out_paths), config_path)   # even with --force
+        for out_path in out_paths:
+            # a split set's files are checked once the split plan names them
+            if publish.destination(out_path).exists() and not args.force and not splitting:
+                raise ConvertError(f"{out_path}: already exists (use --force to overwrite)")
+            if args.split_part in (None, 1):
+                modelfile.check_options(args, out_path)
+        if args.ollama is not None and len(out_paths) > 1:
+            raise ConvertError("--ollama creates one model: give a single --outtype")
     config = hparams.read_config(config_path)
     imatrix = imatrix_mod.load(args.imatrix) if args.imatrix else None
 
@@ -303,29 +306,70 @@ def run(args):
         if args.dry_run:
             _print_splits(targets, sys.stdout)
             return result
+        # the Modelfile comes with the first split, naming every file of the set
+        with_modelfile = [t for t in targets if t.parts and t.parts[0].index == 0]
+        _refuse_inputs(args, [s.path for t in targets for s in t.parts] +
+                       _modelfile_paths(args, [t.path for t in with_modelfile]), config_path, tokenizer_path)
         for target in targets:
             for shard in target.parts:
-                if shard.path.exists() and not args.force:
+                if publish.destination(shard.path).exists() and not args.force:
                     raise ConvertError(f"{shard.path}: already exists (use --force to overwrite)")
-                if shard.path.is_dir():
-                    raise ConvertError(f"{shard.path}: is a directory")
-        _write(targets, plan, args, fmap)
+        extras = [modelfile.planned(args, t.path, [s.path for s in t.shards], _set_size(t, plan), plan, vocab, chat)
+                  for t in with_modelfile] if modelfile.wanted(args) else []
+        _write(targets, plan, args, fmap, extras)
     for target in targets:
         result.written += [s.path for s in target.parts]
         result.bytes += sum(s.size for s in target.parts)
-        if not target.parts:
-            continue
-        _summary(args, plan, target, time.monotonic() - started)
-        if target.parts[0].index != 0:
-            continue                # the Modelfile comes with the first split
-        files = [s.path for s in target.shards]
-        status = modelfile.after_conversion(args, target.path, files, plan, vocab, chat,
-                                            lambda text: log(args, text), sum(target.nbytes))
-        if modelfile.wanted(args):
-            result.modelfiles.append(modelfile.modelfile_path(target.path))
-        result.status = status or result.status
+        if target.parts:
+            _summary(args, plan, target, time.monotonic() - started)
+    for path, _ in extras:
+        result.modelfiles.append(path)
+        result.status = modelfile.after_conversion(args, path, chat, lambda text: log(args, text)) or result.status
     result.seconds = time.monotonic() - started
     return result
+
+
+def _modelfile_paths(args, out_paths):
+    """The Modelfiles written beside ``out_paths`` (with --split-part, only part 1 writes one)."""
+    if not modelfile.wanted(args) or args.split_part not in (None, 1):
+        return []
+    return [modelfile.modelfile_path(p) for p in out_paths]
+
+
+def _refuse_inputs(args, outputs, config_path=None, tokenizer_path=None):
+    """No output (a GGUF file or Modelfile) may be one of the files this run reads, whatever the options; no two
+    outputs may be one file."""
+    publish.refuse_duplicates(outputs)
+    ckpt = Path(args.ckpt)
+    configs = hparams.config_files(config_path) if config_path else [args.config]
+    inputs = [("checkpoint", ckpt), ("base checkpoint", args.base), *(("config", c) for c in configs),
+              ("strategy", args.strategy), ("map", args.map if args.map.endswith(".json") else None),
+              ("chat template", args.chat_template if args.chat_template and Path(args.chat_template).is_file()
+               else None), ("importance matrix", args.imatrix),
+              ("LoRA config", (ckpt if ckpt.is_dir() else ckpt.parent) / "adapter_config.json")]
+    for folder in {ckpt, Path(args.base) if args.base else None} - {None}:
+        if folder.is_dir():
+            inputs.append(("strategy", folder.parent / "strategy"))      # MindFormers' default place
+    for tokenizer in {Path(p) for p in (args.tokenizer, tokenizer_path) if p}:
+        inputs.append(("tokenizer", tokenizer))
+        folder = tokenizer if tokenizer.is_dir() else tokenizer.parent
+        inputs += [("tokenizer", folder / f) for f in vocabulary.SIDE_FILES]
+    publish.refuse_inputs(outputs, inputs)
+
+
+def _set_size(target, plan):
+    """The bytes of every file of ``target``'s set (headers included), before any is written."""
+    total = 0
+    for shard in target.shards:
+        infos = [TensorInfo(plan.outputs[i].name, plan.outputs[i].shape, target.types[i])
+                 for i in range(shard.first, shard.stop)]
+        total += GGUFWriter(_Discard()).write_header(shard.kvs, infos)
+    return total
+
+
+class _Discard:
+    def write(self, data):
+        return len(data)
 
 
 def _lora_mode(args, ckpt, pairs):
@@ -368,50 +412,28 @@ def _check_adapter_options(args):
     if args.modelfile or args.ollama is not None or args.system is not None:
         raise ConvertError("--lora adapter writes no model for a Modelfile's FROM (and Ollama's ADAPTER import is "
                            "not supported here); use --lora merge for --modelfile / --ollama")
-    if len(args.outtype) > 1 or args.outtype[0] not in lora.ADAPTER_OUTTYPES:
+    if len(args.outtype) > 1 or args.outtype[0] not in adapter.OUTTYPES:
         raise ConvertError(f"--lora adapter: --outtype {','.join(args.outtype)}: an adapter is written as one of "
-                           f"{', '.join(lora.ADAPTER_OUTTYPES)}")
+                           f"{', '.join(adapter.OUTTYPES)}")
 
 
 def _run_adapter(args, ckpt, base, pairs, fmap, config, config_path, out_path, started):
-    """OUT as a llama.cpp LoRA adapter GGUF of the base model the map would make."""
+    """OUT as a llama.cpp LoRA adapter GGUF of the base model the map would make (gguf_out/adapter.py)."""
     alpha, rank, where = lora.scaling(pairs, config, config_path, _lora_dir(args), args.lora_alpha,
                                       args.lora_rank)
-    names = lora.lora_names(pairs)
-    holder = base if base is not None else ckpt
-    has_base = all(p.base in holder for p in pairs)
-    view = lora.View(ckpt, drop=names, base=base) if has_base else _StandIns(ckpt.path, pairs)
-    if fmap is None:
-        fmap = detect.choose_map(view, config, config_path, args.tokenizer)
+    options = planning.Options(args.outtype[0], args.rope_layout, args.fused_layout, args.train_tp or 1,
+                               args.allow_inexact)
+    plan, fmap, chosen = adapter.build(ckpt, base, pairs, fmap, config, config_path, options, alpha, where,
+                                       args.tokenizer)
+    if chosen:
         log(args, f"map: {fmap.family} ({fmap.path}), chosen from the tensor names and {config_path}")
-    options = planning.Options("f32", args.rope_layout, args.fused_layout, args.train_tp or 1, args.allow_inexact)
-    if has_base:
-        base_plan = planning.build(view, fmap, config, config_path, options)
-        ctx, num_layers = base_plan.ctx, base_plan.num_layers
-    else:
-        ctx = planning.adapter_context(list(view), fmap, config, config_path, options, ckpt.path)
-        num_layers = int(ctx.hp["num_layers"])
-    tensors = lora.adapter_tensors(pairs, fmap, ctx, num_layers, ckpt.path)
-    if has_base:
-        lora.check_against_base(tensors, {o.name: o.shape for o in base_plan.outputs}, ckpt.path)
-    preset = quant_policy.preset(args.outtype[0])
-    outputs, notes = [], []
-    for t in tensors:
-        ggml_type = _adapter_type(preset.name, t.shape)
-        if preset.name == "q8_0" and ggml_type != GGMLQuantizationType.Q8_0:
-            notes.append(f"{t.name}: rows of {t.shape[-1]} are not a multiple of 32, written as F16")
-        outputs.append(planning.Output(t.name, t.expr, t.shape, ggml_type, transform=t.what))
-    plan = planning.Plan(outputs, [], ctx.hp, num_layers, notes, fmap.arch,
-                         [f"LoRA adapter: {len(pairs)} pairs, alpha {alpha:g} from {where}"], ctx)
-    kvs = [(Keys.General.ARCHITECTURE, KV.str(fmap.arch)), (Keys.General.TYPE, KV.str("adapter")),
-           (Keys.General.NAME, KV.str(args.name or Path(args.ckpt).stem)),
-           (Keys.General.FILE_TYPE, KV.u32(preset.file_type)),
-           (Keys.Adapter.TYPE, KV.str("lora")), (Keys.Adapter.LORA_ALPHA, KV.f32(alpha))]
+    kvs = adapter.metadata(fmap, args.outtype[0], alpha, args.name or Path(args.ckpt).stem)
+    outputs = plan.outputs
     target = Target(args.outtype[0], out_path, [(o.ggml_type, None) for o in outputs], kvs)
     target.nbytes = [TensorInfo(o.name, o.shape, t).nbytes for o, t in zip(outputs, target.types)]
     target.shards = target.parts = [Shard(0, 1, Path(out_path), 0, len(outputs), kvs)]
     result = Result(outputs={target.outtype: [Path(out_path)]}, tensors=len(outputs), skipped=list(plan.skipped))
-    for note in notes:
+    for note in plan.notes:
         warn(args, note)
     for fact in plan.facts:
         log(args, f"note: {fact}")
@@ -427,23 +449,6 @@ def _run_adapter(args, ckpt, base, pairs, fmap, config, config_path, out_path, s
     result.written, result.bytes = [Path(out_path)], size
     result.seconds = time.monotonic() - started
     return result
-
-
-def _adapter_type(outtype, shape):
-    if outtype == "q8_0":
-        return GGMLQuantizationType.Q8_0 if shape[-1] % 32 == 0 else GGMLQuantizationType.F16
-    return {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16,
-            "bf16": GGMLQuantizationType.BF16}[outtype]
-
-
-class _StandIns:
-    """A LoRA-only checkpoint seen as the base weights its pairs imply (names and shapes only)."""
-
-    def __init__(self, path, pairs):
-        self.path, self._tensors = path, lora.shape_stand_ins(pairs)
-
-    def __iter__(self):
-        return iter(self._tensors)
 
 
 class Target:
@@ -555,23 +560,27 @@ def _train_tp(args, ckpt, fmap, config):
     return tp
 
 
-def _write(targets, plan, args, fmap):
-    """Stream every tensor into one temporary file per shard being written, then check each output and publish.
+def _write(targets, plan, args, fmap, extras=()):
+    """Stream every tensor into one temporary file per shard being written, check each output, then publish them
+    all (with ``extras``, (path, text) pairs such as the Modelfile) or none.
 
     Each tensor is read (and transformed) once and encoded for every shard that holds it; a tensor no shard of
-    this run holds is not read. After any error no temporary file is left and no OUT is touched.
+    this run holds is not read. After any error or signal no temporary file is left and no OUT is touched.
     """
     jobs = [(target, shard) for target in targets for shard in target.parts]
-    temps = []
+    outputs = []
     try:
         for target, shard in jobs:
-            shard.file, tmp_name = _temp_output(shard.path)
-            temps.append(tmp_name)
-            shard.tmp = tmp_name
+            shard.output = _temp_output(shard.path, args, outputs)
+            shard.file = open(shard.output.fd, "wb", closefd=False)
+            shard.tmp = shard.output.readable
             shard.writer = GGUFWriter(shard.file)
             infos = [TensorInfo(plan.outputs[i].name, plan.outputs[i].shape, target.types[i])
                      for i in range(shard.first, shard.stop)]
-            shard.size = shard.writer.write_header(shard.kvs, infos)
+            shard.size = shard.output.size = shard.writer.write_header(shard.kvs, infos)
+        for path, text in extras:
+            _temp_output(path, args, outputs).write_text(text)
+        publish.check_space(outputs)
         total = sum(sum(target.nbytes[shard.first:shard.stop]) for target, shard in jobs)
         values = ValueCheck(args.ckpt, args.allow_nonfinite, args.clamp_f16)
         with progress(total, "writing", args.quiet) as bar:
@@ -582,52 +591,49 @@ def _write(targets, plan, args, fmap):
                     _write_tensor(writers, out, bar, args.threads, values)
         for warning in values.warnings():
             warn(args, warning)
-        # no fsync: the rename guarantees that a failed or interrupted run leaves nothing at OUT; durability
-        # against power loss is the filesystem's business, and an fsync would cost as much as the copy itself
+        # no fsync: publishing only complete files guarantees that a failed or interrupted run leaves nothing at
+        # OUT; durability against power loss is the filesystem's business, and an fsync would cost as much as
+        # the copy itself
         for _, shard in jobs:
             shard.writer.finish()
             shard.file.close()
         for target in targets:
             if target.parts:
                 _check_output(target, fmap, args.quiet)
-        _publish([(shard.tmp, shard.path) for _, shard in jobs])
+        # each set from its end, so its first split (the file readers open) appears after the others; the
+        # Modelfiles, which name them, last
+        _publish([shard.output for target in targets for shard in reversed(target.parts)] + outputs[len(jobs):])
+    except OSError as err:
+        full = publish.no_space(outputs) if publish.is_no_space(err) else None     # while the files are open
+        _discard(jobs, outputs)
+        if full is not None:
+            raise full from None
+        raise
     except BaseException:
-        for _, shard in jobs:
-            if getattr(shard, "file", None) is not None:
-                shard.file.close()
-        _discard(temps)
+        _discard(jobs, outputs)
         raise
 
 
-def _temp_output(path):
-    """An open binary file beside ``path`` that will become it, and its name."""
-    fd, tmp_name = tempfile.mkstemp(dir=Path(path).resolve().parent, prefix=f".{Path(path).name}.", suffix=".tmp")
-    return os.fdopen(fd, "wb"), tmp_name
+def _temp_output(path, args, outputs):
+    """A new temporary file for ``path`` (appended to ``outputs``); stale ones of interrupted runs go first."""
+    output = publish.Output(path, args.force)
+    outputs.append(output)
+    output.open()
+    for stale in output.stale:
+        log(args, f"note: removed {stale}, left by an interrupted run")
+    return output
 
 
-def _publish(files):
-    """Give every complete temporary file its name: [(temporary name, path)] of one run, all or nothing.
-
-    The list is renamed from the end, so the first split of a set (the file readers open) appears last, when the
-    others are in place; if a rename fails, the files this call already renamed are removed again.
-    """
-    done = []
-    try:
-        for tmp_name, path in reversed(files):
-            os.chmod(tmp_name, 0o644)
-            os.replace(tmp_name, path)
-            done.append(path)
-    except BaseException:
-        _discard(done)
-        raise
+def _publish(outputs):
+    """Give every complete temporary file its name, in this order: all or nothing (publish.publish)."""
+    publish.publish(outputs)
 
 
-def _discard(names):
-    for name in names:
-        try:
-            os.unlink(name)
-        except FileNotFoundError:
-            pass
+def _discard(jobs, outputs):
+    for _, shard in jobs:
+        if getattr(shard, "file", None) is not None:
+            shard.file.close()
+    publish.discard(outputs)
 
 
 def _check_output(target, fmap, quiet=False):

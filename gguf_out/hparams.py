@@ -58,9 +58,7 @@ def _pretrained_config(yaml_path, data, model_config):
     """An mcore yaml (MindFormers 1.6+) holds only layout and runtime settings; the architecture is in the HF
     config.json of ``pretrained_model_dir`` (mindformers-layouts.md §7.3), or beside the yaml."""
     folder = data.get("pretrained_model_dir") or model_config.get("pretrained_model_dir")
-    candidates = [Path(yaml_path).parent / "config.json"]
-    if isinstance(folder, str) and folder:
-        candidates.insert(0, (Path(yaml_path).parent / folder / "config.json"))
+    candidates = _pretrained_candidates(yaml_path, data, model_config)
     if data.get("use_legacy", True) is not False and not folder:
         return None                     # a legacy yaml is complete by itself
     for candidate in candidates:
@@ -70,6 +68,30 @@ def _pretrained_config(yaml_path, data, model_config):
         raise ConvertError(f"{yaml_path}: an mcore yaml without the model's architecture, and no HF config.json "
                            f"in pretrained_model_dir ({folder}) or beside it; pass --config config.json")
     return None
+
+
+def _pretrained_candidates(yaml_path, data, model_config):
+    folder = data.get("pretrained_model_dir") or model_config.get("pretrained_model_dir")
+    candidates = [Path(yaml_path).parent / "config.json"]
+    if isinstance(folder, str) and folder:
+        candidates.insert(0, (Path(yaml_path).parent / folder / "config.json"))
+    return candidates
+
+
+def config_files(path):
+    """The files reading the config at ``path`` may open: itself, and for a MindFormers yaml the HF config.json
+    candidates of _pretrained_config (no output may be one of them)."""
+    files = [Path(path)]
+    if files[0].suffix == ".json":
+        return files
+    try:
+        data = safeio.parse_yaml(safeio.read_text(files[0], ConvertError, "config file"), files[0], ConvertError)
+    except ConvertError:
+        return files        # read_config says what is wrong with it
+    model = data.get("model") if isinstance(data, dict) else None
+    if isinstance(model, dict) and isinstance(model.get("model_config"), dict):
+        files += _pretrained_candidates(path, data, model["model_config"])
+    return files
 
 
 def _flatten_rope_parameters(config):

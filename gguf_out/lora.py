@@ -50,7 +50,6 @@ NAMINGS = [
 ]
 ADAPTER_FILES = ("mindformers_adapter_config.json", "adapter_config.json")
 MODES = ("merge", "adapter", "skip")
-ADAPTER_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 # steps that act on rows only (axis 0), so that they commute with "+ B @ A" when applied to B
 _ROW_STEPS = ("permute", "regroup", "scale")
 
@@ -159,7 +158,8 @@ def scaling(pairs, config, config_path, lora_dir, alpha_arg=None, rank_arg=None)
     if alpha is None:
         raise ConvertError(f"{pairs[0].a.name} and {len(pairs) * 2 - 1} more LoRA tensors, but no lora_alpha: not in "
                            f"the config's pet_config ({config_path}), no {' / '.join(ADAPTER_FILES)} in {lora_dir}; "
-                           "pass --lora-alpha (the merge scale is alpha / rank, and no default is safe)")
+                           "pass --lora-alpha (the merge scale is alpha / rank, and no default is safe), or --lora "
+                           "skip for the base model")
     if rank is not None and rank != ranks[0]:
         raise ConvertError(f"{rank_where} says the LoRA rank is {rank}, but '{pairs[0].a.name}' "
                            f"{list(pairs[0].a.shape)} has rank {ranks[0]}")

@@ -9,9 +9,9 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+from . import publish
 from .errors import ConvertError
 
 # Ollama allocates the KV cache for num_ctx tokens; a 128k-context model would need gigabytes for it,
@@ -33,7 +33,7 @@ def check_options(args, out_path):
     if not wanted(args):
         return
     path = modelfile_path(out_path)
-    if path.exists() and not args.force:
+    if publish.destination(path).exists() and not args.force:
         raise ConvertError(f"{path}: already exists (use --force to overwrite)")
     if args.ollama is not None and (not args.ollama or args.ollama.startswith("-")
                                     or any(c.isspace() for c in args.ollama)):
@@ -86,41 +86,28 @@ def render(gguf_names, chat, vocab, context_length, system=None, modelfile_name=
     return "\n".join(lines) + "\n"
 
 
-def write(path, text):
-    """Write beside the GGUF through a temporary file, so a half-written Modelfile never appears."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def after_conversion(args, out_path, files, plan, vocab, chat, log, size=0):
-    """Write the Modelfile for OUT's ``files`` (OUT, or a split set's files, ``size`` bytes of tensor data in all)
-    and run ``ollama create`` as the options ask; returns the exit status."""
+def planned(args, out_path, files, total, plan, vocab, chat):
+    """(path, text) of the Modelfile the options ask for beside OUT ``out_path``, for OUT's ``files`` (OUT, or a
+    split set's files, ``total`` bytes together), or None; it is published with the GGUF files, all or nothing
+    (publish.py)."""
     if not wanted(args):
-        return 0
+        return None
     path = modelfile_path(out_path)
     files = [Path(f) for f in files]
     if len(files) > 1 and not args.quiet:
-        total = size
         print(f"ms2gguf: warning: {path.name} imports a split set of {len(files)} files: older Ollama versions "
               "(before its llama-server engine, 2026-05) cannot import split sets, and 'ollama create' merges the "
-              f"set into one file, which needs about {total / 1e9:.1f} GB ({total:,} bytes of tensor data) of free "
-              "disk where Ollama keeps its models", file=sys.stderr)
+              f"set into one file, which needs about {total / 1e9:.1f} GB ({total:,} bytes) of free disk where "
+              "Ollama keeps its models", file=sys.stderr)
     if chat.format is None and not args.quiet:
         why = ("the chat template is not one of the built-in formats" if chat.jinja else "there is no chat template")
         print(f"ms2gguf: warning: {path.name} has no TEMPLATE: {why} (use --chat-template NAME; the GGUF's "
               "tokenizer.chat_template, if any, is used by newer Ollama)", file=sys.stderr)
-    write(path, render([f.name for f in files], chat, vocab, plan.hp["context_length"], args.system, path.name))
+    return path, render([f.name for f in files], chat, vocab, plan.hp["context_length"], args.system, path.name)
+
+
+def after_conversion(args, path, chat, log):
+    """Report the published Modelfile and run ``ollama create`` if asked; returns the exit status."""
     log(f"wrote {path}" + (f" (chat format {chat.format.name})" if chat.format is not None else ""))
     if args.ollama is None:
         return 0

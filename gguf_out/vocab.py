@@ -47,6 +47,9 @@ TOKENIZER_FILES = {
     "bpe": ("tokenizer.json", "vocab.json", "*.tiktoken", "tokenizer.model"),
 }
 TOKENIZER_FILES[None] = ("tokenizer.model", "tokenizer.json", "vocab.json", "*.tiktoken")
+# files beside the tokenizer that may be read with it (no output may be one of them: publish.refuse_inputs)
+SIDE_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt",
+              "added_tokens.json", "special_tokens_map.json", "config.json")
 
 
 def tokenizer_patterns(kinds):

@@ -8,6 +8,7 @@ A file is a sequence of independently encrypted blocks of at most 64 MiB of plai
 into an anonymous temporary file, so memory stays bounded and nothing is left on disk afterwards.
 """
 
+import errno
 import tempfile
 
 from .errors import CheckpointError
@@ -69,6 +70,13 @@ def decrypt_to_tempfile(source, key, mode, tmp_dir=None):
         out.flush()
         out.seek(0)
         return out
+    except OSError as err:
+        out.close()
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = tmp_dir or tempfile.gettempdir()
+            raise CheckpointError(path, f"no space left in {where} for the decrypted checkpoint (about "
+                                  f"{source.size / 2**20:.1f} MiB); choose another place with --tmp-dir") from None
+        raise
     except BaseException:
         out.close()
         raise

@@ -269,6 +269,14 @@ def test_auto_map_with_lora(tmp_path):
     assert convert(LORA / "unfused" / "model.ckpt", out, map_name="auto") == 0
 
 
+def test_auto_map_for_a_lora_only_adapter(tmp_path):
+    """Without base weights, auto goes by the names of the weights the pairs adapt (and the tokenizer's kind)."""
+    out = tmp_path / "auto.gguf"
+    assert convert(LORA / "fused" / "lora" / "lora.ckpt", out, "--lora", "adapter", "--config",
+                   LORA / "fused" / "config.yaml", map_name="auto") == 0
+    assert gguf_value(GGUFReader(out), "general.architecture") == "llama"
+
+
 def test_check_validates_adapters(made, tmp_path):
     from gguf_out.check import check_file
 

@@ -37,7 +37,8 @@ def build_parser():
         "filesystem). Complete jobs (every planned file exists and passes 'ms2gguf check') are skipped.")
     p.add_argument("jobs", metavar="JOBS", help="YAML or JSON file: a list of jobs")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="local worker processes (default: 2, at most the number of cores)")
+                   help="local worker processes (default: the number of cores; each job then gets "
+                   "max(1, cores // N) threads)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="run the jobs on this Dask distributed scheduler, e.g. "
                    "tcp://HOST:8786 (needs 'pip install ms2gguf[dask]' here and on the workers)")
     p.add_argument("--force", action="store_true", help="rerun complete jobs and overwrite their files")
@@ -281,6 +282,7 @@ class Runner:
         self.jobs, self.pool, self.force, self.progress = jobs, pool, force, progress
         self.default_threads = default_threads
         self.pending = {}
+        self.owners = {}                    # planned file -> the job that writes it
 
     def submit(self, job, fn, arg, what):
         job.pending += 1
@@ -347,6 +349,10 @@ class Runner:
             return self.finish(job, "failed", result["error"])
         job.outputs = result["outputs"]
         job.files = [p for paths in job.outputs.values() for p in paths]
+        clash = next((p for p in job.files if p in self.owners), None)
+        if clash is not None:
+            return self.finish(job, "failed", f"{clash} is also a file of job {self.owners[clash]}")
+        self.owners.update((p, job.index) for p in job.files)
         state = {p: s for per_type in result["state"].values() for p, s in per_type.items()}
         if not job.force:
             bad = [(p, s) for p, s in state.items() if s not in ("ok", "missing")]
@@ -399,7 +405,8 @@ def main(argv):
         pool = DaskPool(args.scheduler)
         default_threads = None           # the worker's thread count (task_convert)
     else:
-        workers = args.workers if args.workers is not None else min(2, cores)
+        # one-thread processes use the cores better than threads in one process (the K-quants: bench/RESULTS.md)
+        workers = args.workers if args.workers is not None else cores
         if workers < 1:
             raise ConvertError(f"--workers {workers}: must be at least 1")
         pool = LocalPool(workers)

@@ -288,6 +288,11 @@ def run(args):
         if planning_only:
             return result
         _choose_parts(targets, args)
+        if args.split_max_size or args.split_max_tensors:
+            for target in targets:
+                if len(target.shards) == 1:
+                    log(args, f"note: the split plan of {target.path} has one file: it is written as one GGUF, "
+                              "without split keys")
         unused = [t.outtype for t in targets if imatrix is not None and t.weights is None]
         if unused:
             log(args, f"note: --imatrix does not apply to {', '.join(unused)} (not quantized)")

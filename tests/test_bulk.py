@@ -208,3 +208,23 @@ def test_bad_scheduler_address(tmp_path, capsys, monkeypatch):
     jobs.write_text(f"- {{ckpt: {MHA}, out: m.gguf}}\n")
     assert main(["bulk", str(jobs), "--scheduler", "tcp://127.0.0.1:1"]) == 1
     assert "ms2gguf: error: --scheduler tcp://127.0.0.1:1: cannot connect" in capsys.readouterr().err
+
+
+def test_worker_options(tmp_path, capsys):
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(f"- {{ckpt: {MHA}, out: m.gguf}}\n")
+    assert main(["bulk", str(jobs), "--workers", "0"]) == 1
+    assert "ms2gguf: error: --workers 0: must be at least 1" in capsys.readouterr().err
+    assert main(["bulk", str(jobs), "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]) == 1
+    assert "--workers is for local workers; a Dask cluster has its own" in capsys.readouterr().err
+
+
+def test_two_jobs_writing_the_same_file(tmp_path, capsys):
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(f"- {{ckpt: {MHA}, map: llama2, out: m.gguf, tokenizer: {TOKENIZER}}}\n"
+                    f"- {{ckpt: {MHA}, map: llama2, out: m.gguf, tokenizer: {TOKENIZER}, outtype: q8_0}}\n")
+    status, report, _ = _bulk(capsys, jobs, "--workers", "1")
+    assert status == 1 and sorted(j["status"] for j in report["jobs"]) == ["failed", "ok"]
+    failed = next(j for j in report["jobs"] if j["status"] == "failed")
+    other = 3 - failed["job"]
+    assert failed["error"] == f"{tmp_path}/m.gguf is also a file of job {other}"

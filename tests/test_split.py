@@ -142,7 +142,11 @@ def test_split_keys_types_and_metadata_placement(tmp_path):
 def test_one_split_plan_writes_out_unchanged(tmp_path, capsys):
     whole = _unsplit(tmp_path)
     out = tmp_path / "m.gguf"
-    assert convert(GQA, out, "--split-max-size", "50G", "--split-max-tensors", "1000") == 0
+    from gguf_out.cli import main
+    assert main([str(GQA), "llama2", str(out), "--tokenizer", str(TOKENIZER), "--split-max-size", "50G",
+                 "--split-max-tensors", "1000"]) == 0
+    assert f"note: the split plan of {out} has one file: it is written as one GGUF, without split keys" in \
+        capsys.readouterr().err
     assert out.read_bytes() == whole.read_bytes()
     assert "split.count" not in gguf.GGUFReader(out).fields
 

@@ -50,7 +50,7 @@ def encode_rows(block, dtype_name, ggml_type, threads=1, weights=None):
     if ggml_type not in weighted.WEIGHTED_TYPES:
         weights = None
     if block.ndim != 2 or (ggml_type not in _NP and ggml_type not in quant.TYPES):
-        return _encode_small(block, dtype_name, ggml_type)
+        return _encode_small(block, dtype_name, ggml_type, weights)
     rows, width = block.shape
     out = _shared_buffer(ggml_type, rows * quant.row_bytes(ggml_type, width)).reshape(rows, -1)
     parts = min(threads, rows // _MIN_ROWS_PER_THREAD)
@@ -90,7 +90,7 @@ def _encode_into(block, dtype_name, ggml_type, out, weights=None):
     quant.quantize_into(values, ggml_type, out, quant_weights=weights)
 
 
-def _encode_small(block, dtype_name, ggml_type):
+def _encode_small(block, dtype_name, ggml_type, weights=None):
     """Whole small tensors (norms, biases: below 2-D) and types without a compiled path, in fresh arrays."""
     values = to_float32(block, dtype_name)
     if ggml_type == T.F32:

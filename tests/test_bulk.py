@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import LLAMA, TOKENIZER, convert
@@ -64,7 +63,7 @@ def _check_first_run(tmp_path, status, report, err):
     assert by_job[4]["error"] == (f"{tmp_path}/jobs/missing/tokenizer.model: cannot read the tokenizer "
                                   "(No such file or directory)") or "missing/tokenizer.model" in by_job[4]["error"]
     assert "\n" not in by_job[4]["error"] and "Traceback" not in err
-    assert f"[3/4] job 3 (out/typo.gguf): failed: unknown key 'outtyp'" in err
+    assert "[3/4] job 3 (out/typo.gguf): failed: unknown key 'outtyp'" in err
     out = tmp_path / "jobs" / "out"
     ref = _single(tmp_path)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir())

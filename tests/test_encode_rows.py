@@ -83,3 +83,15 @@ def test_f32_path_is_exact_for_every_16_bit_pattern(dtype_name):
     want = encode.to_float32(block, dtype_name).astype(np.float32)
     got = np.asarray(encode.encode_rows(block, dtype_name, T.F32, 2)).view(np.uint32).reshape(want.shape)
     assert np.array_equal(got, want.view(np.uint32))
+
+
+def test_importances_reach_one_row_and_many_rows_alike():
+    """A 1-D block (one row, the small-tensor path) is quantized with its importances like the same row in 2-D;
+    without them the bytes differ (the importances are not dropped on either path)."""
+    rng = np.random.default_rng(7)
+    row = rng.standard_normal(256).astype(np.float32)
+    weights = rng.uniform(0.0, 5.0, 256).astype(np.float32) ** 3
+    one = bytes(encode.encode_rows(row, "Float32", T.Q4_K, 1, weights))
+    two = bytes(encode.encode_rows(np.tile(row, (20, 1)), "Float32", T.Q4_K, 1, weights))
+    assert one == two[:len(one)]
+    assert one != bytes(encode.encode_rows(row, "Float32", T.Q4_K, 1))

@@ -31,17 +31,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from gguf import GGMLQuantizationType as T  # noqa: E402
 
 from gguf_out import weighted  # noqa: E402
+import benchutil  # noqa: E402
 import llamacpp  # noqa: E402
-
-
-def timed(fn):
-    t0 = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - t0, result
 
 
 def main(argv=None):
@@ -81,13 +77,13 @@ def kernels(args):
         quant.quantize(data[:2], qtype, quant_weights=qw)          # compile (or load the cache) first
         best = {"ggml": float("inf"), "quant": float("inf"), "numpy": float("inf")}
         for _ in range(args.reps):
-            t, ref = timed(lambda: llamacpp.quantize_chunk(qtype, data, qw))
+            t, ref = benchutil.timed(lambda: llamacpp.quantize_chunk(qtype, data, qw))
             best["ggml"] = min(best["ggml"], t)
-            t, got = timed(lambda: quant.quantize(data, qtype, quant_weights=qw))
+            t, got = benchutil.timed(lambda: quant.quantize(data, qtype, quant_weights=qw))
             best["quant"] = min(best["quant"], t)
             if got.tobytes() != ref:
                 raise SystemExit(f"{qtype.name}: gguf_out.quant's bytes differ from ggml")
-            t, got = timed(lambda: weighted.quantize(data, qtype, qw))
+            t, got = benchutil.timed(lambda: weighted.quantize(data, qtype, qw))
             best["numpy"] = min(best["numpy"], t)
             if got.tobytes() != ref:
                 raise SystemExit(f"{qtype.name}: the NumPy reference's bytes differ from ggml")

@@ -15,7 +15,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +22,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from gguf import GGMLQuantizationType as T  # noqa: E402
 
 from gguf_out import kquants  # noqa: E402
+import benchutil  # noqa: E402
 import llamacpp  # noqa: E402
-
-
-def timed(fn):
-    t0 = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - t0, result
 
 
 def main(argv=None):
@@ -60,13 +55,13 @@ def main(argv=None):
         best_ggml = float("inf")
         best_np = {t: float("inf") for t in threads}
         for _ in range(args.reps):
-            dt, ref = timed(lambda: llamacpp.quantize_chunk(qtype, data))
+            dt, ref = benchutil.timed(lambda: llamacpp.quantize_chunk(qtype, data))
             best_ggml = min(best_ggml, dt)
             for t in threads:
                 if t == 1:
-                    dt, got = timed(lambda: kquants.quantize(data, qtype))
+                    dt, got = benchutil.timed(lambda: kquants.quantize(data, qtype))
                 else:
-                    dt, got = timed(lambda: kquants.quantize_parallel(data, qtype, t))
+                    dt, got = benchutil.timed(lambda: kquants.quantize_parallel(data, qtype, t))
                 best_np[t] = min(best_np[t], dt)
                 if got.tobytes() != ref:
                     raise SystemExit(f"{name}: NumPy bytes differ from ggml with {t} thread(s)")

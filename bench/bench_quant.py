@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +32,6 @@ from gguf import GGMLQuantizationType as T  # noqa: E402
 import benchutil  # noqa: E402
 import llamacpp  # noqa: E402
 from gguf_out import quant  # noqa: E402
-
-
-def timed(fn):
-    t0 = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - t0, result
 
 
 def main(argv=None):
@@ -81,14 +74,14 @@ def main(argv=None):
         best = {t: float("inf") for t in threads}
         runs = []
         for _ in range(args.reps):
-            dt, ref = timed(lambda: llamacpp.quantize_chunk(qtype, data, qw))
+            dt, ref = benchutil.timed(lambda: llamacpp.quantize_chunk(qtype, data, qw))
             best_ggml = min(best_ggml, dt)
             runs.append({"case": "ggml", "seconds": dt})
             for t in threads:
                 if t == 1:
-                    dt, got = timed(lambda: quant.quantize(data, qtype, qw))
+                    dt, got = benchutil.timed(lambda: quant.quantize(data, qtype, qw))
                 else:
-                    dt, got = timed(lambda: quant.quantize_parallel(data, qtype, t, quant_weights=qw))
+                    dt, got = benchutil.timed(lambda: quant.quantize_parallel(data, qtype, t, quant_weights=qw))
                 best[t] = min(best[t], dt)
                 runs.append({"case": f"ms2gguf-{t}", "seconds": dt})
                 if got.tobytes() != ref:

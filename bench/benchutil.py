@@ -7,6 +7,13 @@ import subprocess
 import time
 
 
+def timed(fn):
+    """(seconds, result) of one call of ``fn``."""
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
 def drop_caches():
     """``sync; echo 3 > /proc/sys/vm/drop_caches``; returns None on success or why it failed (needs root)."""
     try:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from test_reader_errors import ld, varint  # the .ckpt wire-format byte helpers
+
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures"
 LLAMA = FIX / "llama" / "gqa_fused"
@@ -88,23 +90,6 @@ def qwen_case(d, tokenizer, culprit_key, mutate, contains=()):
 
 # ---------------------------------------------------------------------------------------------------------------
 # byte helpers
-
-
-def varint(value):
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def ld(number, payload):
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def record(tag, dims, ttype, content):
